@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+#   make run [NP=8] [JOB=jobs/logreg.toml] [ARGS="--set train.epochs=3"]
+#   make test                 the whole suite (unit, MPI collectives, launch tests)
+#   make bench                benchmarks/ (writes benchmarks/results/)
+#   make MPI=site ...         use the cluster's MPI: builds mpi4py against its mpicc
+PYTHON ?= python3
+VENV   ?= .venv
+NP     ?= 8
+JOB    ?=
+ARGS   ?=
+MPI    ?= pip
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed-$(MPI)
+
+ifeq ($(MPI),site)
+  EXTRAS  = test
+  MPIEXEC = mpiexec
+else
+  EXTRAS  = mpich,test
+  MPIEXEC = $(VENV)/bin/mpiexec
+endif
+
+.PHONY: run test install bench clean
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(MPI),site)
+	env MPICC=$${MPICC:-mpicc} $(PY) -m pip install -q --no-binary=mpi4py --no-cache-dir mpi4py
+endif
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: install
+	$(MPIEXEC) -n $(NP) $(PY) -m mpisgd $(JOB) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf runs .pytest_cache benchmarks/results/*.json benchmarks/results/*.md

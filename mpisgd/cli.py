@@ -1,0 +1,148 @@
+"""Command line: parse, run, and turn any failure on any rank into one clear ending.
+
+    python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] [--debug]
+    python -m mpisgd data {synth,convert,info} ...
+    python -m mpisgd info
+
+An error every rank agreed on (bad config, bad data) is printed once by rank 0 and
+every rank exits with the same code. Any other exception is printed by the rank that
+raised it, naming that rank, and the whole job is aborted: otherwise the other ranks
+would wait for it in a collective until the allocation runs out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from .errors import ConfigError, MpisgdError
+
+USAGE = "python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] [--debug]"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage on every rank and exiting."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (usage: {USAGE})", agreed=True)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="mpisgd", usage=USAGE,
+                description="Distributed gradient descent over MPI. With no job file, runs "
+                            "the built-in linear-regression example.")
+    p.add_argument("job", nargs="?", help="job file (TOML); default: the built-in example")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a job key, e.g. optimizer.lr=0.05")
+    p.add_argument("--out", help="run folder (default: a new folder under runs/)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "data":
+        from .data.cli import main as data_main
+
+        return data_main(argv[1:])
+    if argv and argv[0] == "info":
+        return _info()
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return _train(argv)
+
+
+def _train(argv: list[str]) -> int:
+    from .launch_env import tune_for_oversubscription
+    from .paths import set_numba_cache_dir
+
+    set_numba_cache_dir()
+    tune_for_oversubscription()
+    from mpi4py import MPI  # initialises MPI; every rank runs the lines below
+
+    debug = "--debug" in argv
+    rank = MPI.COMM_WORLD.Get_rank()
+    try:
+        args = _train_parser().parse_args(argv)
+        from .config import load_config
+
+        try:
+            cfg = load_config(args.job, args.overrides, out=args.out)
+        except ConfigError as exc:
+            exc.agreed = True  # every rank read the same file and flags: same verdict
+            raise
+        return _run_training(cfg)
+    except MpisgdError as exc:
+        if exc.agreed:
+            if rank == 0:
+                if debug:
+                    traceback.print_exc()
+                sys.stderr.write(f"mpisgd: error: {exc}\n")
+                sys.stderr.flush()
+            return exc.exit_code
+        if debug or not exc.user_error:
+            traceback.print_exc()
+        from .comm import abort_job
+
+        abort_job(str(exc), exc.exit_code)
+    except BaseException as exc:  # noqa: BLE001 - anything else ends the whole job
+        from .comm import abort_job
+
+        if isinstance(exc, KeyboardInterrupt):
+            abort_job("interrupted", 130)
+        traceback.print_exc()
+        abort_job(f"{type(exc).__name__}: {exc}", 1)
+    return 1  # not reached: abort_job does not return
+
+
+def _run_training(cfg) -> int:
+    import numba
+
+    from .comm import make_topology
+    from .train import numba_threads_for, run
+
+    topo = make_topology()
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(numba_threads_for(topo.local_size), numba.config.NUMBA_NUM_THREADS))
+        run(cfg, topo)
+    finally:
+        numba.set_num_threads(before)
+    topo.free()
+    return 0
+
+
+def _info() -> int:
+    """Versions of everything that decides how mpisgd runs here."""
+    from .paths import set_numba_cache_dir
+
+    set_numba_cache_dir()
+    import h5py
+    import mpi4py
+    import numba
+    import numpy
+    from mpi4py import MPI
+
+    from . import __version__
+
+    lib = MPI.Get_library_version().strip().splitlines()[0]
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: report what numba would pick
+        layer = f"not yet chosen (config: {numba.config.THREADING_LAYER})"
+    rows = [("mpisgd", __version__), ("python", sys.version.split()[0]),
+            ("mpi4py", mpi4py.__version__), ("MPI library", lib),
+            ("MPI standard", "%d.%d" % MPI.Get_version()),
+            ("world size", str(MPI.COMM_WORLD.Get_size())),
+            ("numpy", numpy.__version__), ("numba", numba.__version__),
+            ("numba threading layer", layer),
+            ("numba threads", str(numba.get_num_threads())),
+            ("numba cache", os.environ.get("NUMBA_CACHE_DIR", "")),
+            ("h5py", h5py.__version__), ("HDF5", h5py.version.hdf5_version)]
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            print(f"{k:<{width}}  {v}")
+    return 0

@@ -1,0 +1,337 @@
+"""The one strict, typed job configuration: TOML file < --set overrides < validation.
+
+Every key is declared once below with its type and constraint. An unknown key is an
+error naming the nearest valid key; every value is checked before any rank talks to
+another, so all ranks (which read the same file) fail identically and early.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+# ---------------------------------------------------------------------------------
+# Constraints. Each returns the (possibly converted) value or raises ConfigError with
+# the scikit-learn message shape: "The 'x' parameter must be ... Got ... instead."
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # "int" | "float" | "bool" | "str" | "choice" | "path" | "int_list"
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind in ("int", "float"):
+            noun = "an int" if self.kind == "int" else "a float"
+            if self.lo is None and self.hi is None:
+                return noun
+            left = "(" if self.lo_open or self.lo is None else "["
+            right = ")" if self.hi_open or self.hi is None else "]"
+            lo = "-inf" if self.lo is None else f"{self.lo:g}"
+            hi = "inf" if self.hi is None else f"{self.hi:g}"
+            return f"{noun} in {left}{lo}, {hi}{right}"
+        return {"bool": "a boolean", "str": "a string", "path": "a path string",
+                "int_list": "a list of ints"}[self.kind]
+
+    def __call__(self, key: str, value: Any) -> Any:
+        bad = ConfigError(
+            f"The '{key}' parameter must be {self.describe()}. Got {value!r} instead.")
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.kind in ("str", "path", "choice"):
+            if not isinstance(value, str):
+                raise bad
+            if self.kind == "choice" and value not in self.choices:
+                raise bad
+            return value
+        if self.kind == "int_list":
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+                raise bad
+            return list(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if self.kind == "int":
+            if not isinstance(value, int):
+                raise bad
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise bad
+        if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+            raise bad
+        if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+            raise bad
+        return value
+
+
+def _f(default, check: Check, doc: str):
+    """A config field: its default, its constraint and a one-line doc."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"check": check, "doc": doc})
+    return field(default=default, metadata={"check": check, "doc": doc})
+
+
+INT0 = Check("int", lo=0)
+INT1 = Check("int", lo=1)
+POS = Check("float", lo=0.0, lo_open=True)
+NONNEG = Check("float", lo=0.0)
+PATH = Check("path")
+
+DEFAULT_JOB = Path(__file__).with_name("default_job.toml")
+MODES = ("allreduce", "local")
+MODEL_NAMES = ("linear", "logistic", "softmax")
+SYNTH_KINDS = ("linear", "logistic", "multiclass")
+OPTIMIZERS = ("sgd",)
+SCHEDULES = ("constant", "invscaling", "step", "cosine")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("linear", Check("choice", choices=MODEL_NAMES), "model family")
+    l2: float = _f(0.0, NONNEG, "L2 penalty 0.5*l2*sum(w**2) on weights, not biases")
+
+
+@dataclass
+class SynthConfig:
+    kind: str = _f("linear", Check("choice", choices=SYNTH_KINDS), "generator")
+    rows: int = _f(100_000, INT1, "rows to generate")
+    features: int = _f(20, INT1, "feature count")
+    classes: int = _f(3, Check("int", lo=2), "classes for kind='multiclass'")
+    noise: float = _f(0.1, NONNEG, "std of the Gaussian noise on y (kind = 'linear' only)")
+    seed: int = _f(0, INT0, "generator seed")
+    shards: int = _f(4, INT1, "shard files")
+    dtype: str = _f("float64", Check("choice", choices=("float32", "float64")), "X dtype")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("", PATH, "HDF5 shard file or folder; empty: generate [data.synth]")
+    test: str = _f("", PATH, "held-out HDF5 data; empty: use test_fraction of train")
+    test_fraction: float = _f(0.2, Check("float", lo=0.0, hi=1.0, hi_open=True),
+                              "share of train rows held out when data.test is empty")
+    check_values: bool = _f(True, Check("bool"), "scan for NaN/Inf and bad labels at load")
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = _f("sgd", Check("choice", choices=OPTIMIZERS), "update rule")
+    lr: float = _f(0.1, POS, "base learning rate")
+    momentum: float = _f(0.0, Check("float", lo=0.0, hi=1.0, hi_open=True), "heavy-ball momentum")
+    nesterov: bool = _f(False, Check("bool"), "Nesterov momentum")
+    schedule: str = _f("constant", Check("choice", choices=SCHEDULES), "learning-rate schedule")
+    decay: float = _f(0.0, NONNEG, "invscaling: lr / (1 + decay*step)**power")
+    power: float = _f(1.0, POS, "invscaling exponent")
+    step_epochs: int = _f(10, INT1, "step: epochs between decays")
+    gamma: float = _f(0.1, Check("float", lo=0.0, hi=1.0, lo_open=True), "step: decay factor")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(5, INT1, "passes over the training rows")
+    batch_size: int = _f(256, INT0, "GLOBAL minibatch (all ranks together); 0 = full batch (GD)")
+    seed: int = _f(0, INT0, "seed for shuffling and initialisation")
+    shuffle: bool = _f(True, Check("bool"), "reshuffle the rows every epoch")
+    max_steps: int = _f(0, INT0, "stop after this many steps (0: no limit)")
+    log_every: int = _f(0, INT0, "also log every N steps (0: once per epoch)")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _f("", PATH, "run folder; empty: a new folder under runs/")
+    progress: str = _f("auto", Check("choice", choices=("auto", "bar", "lines", "none")),
+                       "rank-0 progress: bar on a terminal, lines otherwise")
+    save_model: bool = _f(True, Check("bool"), "write model.h5")
+
+
+@dataclass
+class DebugConfig:
+    trace_rows: bool = _f(False, Check("bool"), "write the global row ids each rank used")
+    fail_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank raises ...")
+    fail_step: int = _f(-1, Check("int", lo=-1), "... at this step")
+
+
+@dataclass
+class JobConfig:
+    name: str = _f("job", Check("str"), "job name, used in run-folder names")
+    mode: str = _f("allreduce", Check("choice", choices=MODES), "training mode")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------
+# Loading and merging
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return "check" not in f.metadata
+
+
+def _apply(obj: Any, data: dict, prefix: str, base_dir: Path | None) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(_unknown_key_message(dotted, prefix, list(fields)))
+        if _is_section(f):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' is a section ([{dotted}]); got {value!r}.")
+            _apply(getattr(obj, key), value, dotted + ".", base_dir)
+            continue
+        value = f.metadata["check"](dotted, value)
+        if f.metadata["check"].kind == "path" and value and base_dir is not None:
+            p = Path(value).expanduser()
+            value = str(p if p.is_absolute() else (base_dir / p))
+        setattr(obj, key, value)
+
+
+def _unknown_key_message(dotted: str, prefix: str, valid: list[str]) -> str:
+    key = dotted[len(prefix):]
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{prefix}{near[0]}'?" if near else ""
+    where = f"section [{prefix[:-1]}]" if prefix else "the top level"
+    return (f"Unknown key '{dotted}' in {where}.{hint} "
+            f"Valid keys: {', '.join(sorted(valid))}.")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=VALUE`` -> (["a", "b"], value); VALUE is read as TOML, else as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key=value with a dotted key, got {text!r}.")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def load_config(path: str | None = None, overrides: list[str] = (), *,
+                out: str | None = None) -> JobConfig:
+    """Build the job: defaults < TOML file < ``--set`` overrides < ``--out``.
+
+    Relative data paths in a file are taken relative to the file's folder, those in
+    overrides relative to the working directory. Raises ConfigError.
+    """
+    cfg = JobConfig()
+    p = Path(path) if path is not None else DEFAULT_JOB
+    if not p.is_file():
+        raise ConfigError(f"job file '{p}' does not exist.")
+    try:
+        with p.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"job file '{p}' is not valid TOML: {exc}.") from None
+    except OSError as exc:
+        raise ConfigError(f"job file '{p}' cannot be read: {exc.strerror}.") from None
+    if "name" not in data:
+        cfg.name = p.stem
+    _apply(cfg, data, "", p.resolve().parent)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: dict = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        _apply(cfg, nested, "", Path.cwd())
+    if out:
+        cfg.output.dir = str(Path(out).expanduser().resolve())
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: JobConfig) -> None:
+    """Cross-field rules that single-key checks cannot see."""
+    if cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.0:
+        raise ConfigError("optimizer.nesterov = true needs optimizer.momentum > 0.")
+    if not cfg.data.train and cfg.data.test:
+        raise ConfigError("data.test is set but data.train is empty; give both or neither.")
+    if cfg.data.synth.kind == "multiclass" and not cfg.data.train and cfg.model.name != "softmax":
+        raise ConfigError(f"synthetic multiclass data needs model.name = 'softmax', "
+                          f"got '{cfg.model.name}'.")
+
+
+# ---------------------------------------------------------------------------------
+# Writing the resolved job back as TOML (for config.toml in the run folder).
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def to_toml(cfg: JobConfig) -> str:
+    lines: list[str] = []
+
+    def emit(d: dict, prefix: str) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
+        for k, v in tables.items():
+            emit(v, f"{prefix}.{k}" if prefix else k)
+
+    emit(cfg.to_dict(), "")
+    return "\n".join(lines).lstrip() + "\n"
+
+
+def reference_markdown() -> str:
+    """docs/jobs.md: every key with its default, constraint and meaning (tests keep it current)."""
+    lines = ["# Job file reference", "",
+             "Generated from `mpisgd/config.py` by `python -c \"import mpisgd.config as c; "
+             "print(c.reference_markdown(), end='')\" > docs/jobs.md`; a test checks it is "
+             "current. Unknown keys are errors. Override any key on the command line with "
+             "`--set section.key=value` (the value is read as TOML: strings may be quoted).",
+             ""]
+
+    def walk(obj: Any, prefix: str) -> None:
+        rows = []
+        for f in dataclasses.fields(obj):
+            if _is_section(f):
+                continue
+            default = getattr(obj, f.name)
+            rows.append(f"| `{prefix}{f.name}` | `{_toml_value(default)}` | "
+                        f"{f.metadata['check'].describe()} | {f.metadata['doc']} |")
+        title = f"[{prefix[:-1]}]" if prefix else "top level"
+        lines.extend([f"## {title}", "", "| key | default | allowed | meaning |",
+                      "|---|---|---|---|", *rows, ""])
+        for f in dataclasses.fields(obj):
+            if _is_section(f):
+                walk(getattr(obj, f.name), f"{prefix}{f.name}.")
+
+    walk(JobConfig(), "")
+    return "\n".join(lines)

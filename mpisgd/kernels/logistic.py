@@ -1,0 +1,71 @@
+"""Logistic regression kernels: binary cross-entropy with logits, theta = [w (d), b], y 0/1."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .linear import _affine, _axpy_rows
+from .options import CHUNK_ROWS, block_range, fold, n_blocks, njit, pjit, reduce_blocks
+
+
+@njit
+def _sigmoid(z):
+    """1 / (1 + exp(-z)) without overflow for either sign of z (float64)."""
+    e = np.exp(-abs(z))
+    return (1.0 if z >= 0.0 else e) / (1.0 + e)
+
+
+@njit
+def _chunk(X, y, idx, lo, hi, theta, part, z, r):
+    """Add the gradients of rows idx[lo:hi] to ``part``; return their loss sum (float64).
+
+    Three passes over the chunk (logits, losses, axpys): the exp/log1p of one row no longer
+    sits between that row's dot and axpy, so the transcendental calls of consecutive rows
+    overlap (~1.25x faster than a fused row loop on float32, d=100).
+    """
+    for t in range(lo, hi):
+        z[t - lo] = _affine(X, idx[t], theta)
+    loss = 0.0
+    for t in range(hi - lo):
+        zt = z[t]
+        yt = np.float64(y[idx[lo + t]])
+        # log(1 + exp(-|z|)) + max(z, 0) - y z: never overflows, exact for large |z|.
+        e = np.exp(-abs(zt))
+        loss += np.log1p(e) + max(zt, 0.0) - yt * zt
+        r[t] = ((1.0 if zt >= 0.0 else e) / (1.0 + e)) - yt
+    _axpy_rows(X, idx, lo, hi, r, part)
+    return loss
+
+
+@njit
+def _block(X, y, idx, lo, hi, theta, acc):
+    """Add the gradients of rows idx[lo:hi] to ``acc`` (float64) chunk by chunk; return the loss."""
+    part = np.zeros(acc.shape[0], X.dtype)
+    z = np.empty(CHUNK_ROWS)
+    r = np.empty(CHUNK_ROWS, X.dtype)
+    loss = 0.0
+    for c in range(lo, hi, CHUNK_ROWS):
+        loss += _chunk(X, y, idx, c, min(c + CHUNK_ROWS, hi), theta, part, z, r)
+        fold(part, acc)
+    return loss
+
+
+@pjit
+def _loss_grad(X, y, idx, theta, grad_out):
+    """Overwrite ``grad_out`` with the gradient sum over rows ``idx``; return the loss sum."""
+    m = idx.shape[0]
+    nb = n_blocks(m, theta.shape[0])
+    acc = np.zeros((nb, theta.shape[0]))
+    losses = np.zeros(nb)
+    for k in prange(nb):
+        lo, hi = block_range(m, nb, k)
+        losses[k] = _block(X, y, idx, lo, hi, theta, acc[k])
+    return reduce_blocks(acc, losses, grad_out)
+
+
+@pjit
+def _predict_proba(X, theta, out):
+    """out[i] = P(y=1 | x_i) (rows are independent, so any split is deterministic)."""
+    for i in prange(X.shape[0]):
+        out[i] = _sigmoid(np.float64(_affine(X, i, theta)))

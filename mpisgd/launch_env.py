@@ -1,0 +1,53 @@
+"""MPI settings that must be in the environment before MPI starts in this process.
+
+When more ranks share a node than it has cores, a rank that busy-polls inside a
+collective steals the core a working rank needs. The launchers tell each process how
+many ranks share its node; when that exceeds the cores, ask the MPI library to yield
+while it waits. A user's own setting always wins.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Environment variables, per launcher, that hold the number of ranks on this node.
+_LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS",             # MPICH hydra
+                    "OMPI_COMM_WORLD_LOCAL_SIZE",  # Open MPI
+                    "SLURM_NTASKS_PER_NODE")       # srun (may be '4(x2)': ignored then)
+
+# What makes each MPI yield a waiting rank's core.
+YIELD_SETTINGS = {
+    "MPIR_CVAR_ENABLE_HEAVY_YIELD": "1",   # MPICH: sleep briefly instead of sched_yield
+    "OMPI_MCA_mpi_yield_when_idle": "1",   # Open MPI
+}
+
+
+def ranks_on_this_node() -> int | None:
+    for var in _LOCAL_SIZE_VARS:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def cores_here() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def tune_for_oversubscription() -> bool:
+    """Set yield-when-idle for the MPI library if this node is oversubscribed.
+
+    Returns True if the node is oversubscribed. Must run before ``mpi4py.MPI`` is
+    imported. ``MPISGD_YIELD=0`` turns it off, ``=1`` forces it.
+    """
+    forced = os.environ.get("MPISGD_YIELD")
+    local = ranks_on_this_node()
+    over = local is not None and local > cores_here()
+    if forced == "0" or not (over or forced == "1"):
+        return over
+    for key, value in YIELD_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    return over

@@ -1,0 +1,1 @@
+"""Training modes: how ranks combine gradients (allreduce now; parameter server later)."""

@@ -1,0 +1,83 @@
+"""The run folder: config.toml, metrics.jsonl, summary.json and model.h5.
+
+Only rank 0 writes here; every writer is called inside an agreement by the caller,
+so a full disk or a read-only folder becomes one clear error on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .config import JobConfig, to_toml
+from .errors import OutputError
+
+
+def create(cfg: JobConfig) -> Path:
+    """Make (or reuse) the run folder and prove it is writable. Rank 0 only."""
+    if cfg.output.dir:
+        path = Path(cfg.output.dir)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path("runs") / f"{stamp}-{cfg.name}-{secrets.token_hex(2)}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output folder '{path}' is not writable: "
+                          f"{exc.strerror or exc}.") from None
+    return path.resolve()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
+
+
+def write_config(run: Path, cfg: JobConfig) -> None:
+    _atomic_write_text(run / "config.toml", to_toml(cfg))
+
+
+def append_metrics(run: Path, record: dict) -> None:
+    try:
+        with open(run / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise OutputError(f"cannot write '{run / 'metrics.jsonl'}': "
+                          f"{exc.strerror or exc}.") from None
+
+
+def write_summary(run: Path, summary: dict) -> None:
+    _atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def write_model(run: Path, theta: np.ndarray, *, model: str, n_features: int,
+                n_classes: int, task: str, cfg: JobConfig) -> Path:
+    """Write the final parameters to model.h5 atomically."""
+    path = run / "model.h5"
+    tmp = run / f".model.h5.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("theta", data=theta)
+            f.attrs.update(format="mpisgd-model", format_version=1, model=model,
+                           n_features=n_features, n_classes=n_classes, task=task,
+                           mpisgd_version=__version__, config=to_toml(cfg))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
+    return path

@@ -1,0 +1,322 @@
+"""A training run from job to run folder: prepare data and model, fit, evaluate, save.
+
+The order matters: everything every rank can check identically (config, world size,
+dataset metadata, run folder) is agreed before the first row is read; what only one
+rank can see (its rows' values) is agreed right after reading; only then does the
+hot loop start, where a failure on one rank aborts the whole job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from . import kernels, runfolder
+from .comm import Topology, agree, agreed_call, bcast_value
+from .config import JobConfig
+from .data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
+from .data.partition import block_range, holdout_mask
+from .errors import ConfigError, DataError
+from .log import say, warn
+from .metrics import (classification_sums, finish_classification, finish_regression,
+                      regression_sums)
+from .paths import cache_dir
+
+# Which dataset task each model can learn.
+_MODEL_TASKS = {"linear": ("regression",), "logistic": ("binary",),
+                "softmax": ("multiclass", "binary")}
+_EVAL_BLOCK = 65536  # rows per prediction block: bounded memory for any test size
+
+
+@dataclass
+class Context:
+    """What a mode needs to train: this rank's rows, the model's shape, the run folder."""
+
+    cfg: JobConfig
+    topo: Topology
+    run_dir: Path
+    info: DatasetInfo
+    X: np.ndarray
+    y: np.ndarray
+    row0: int                      # global id of X[0]
+    train_rows: np.ndarray         # local indices of this rank's training rows
+    first_train: int               # global training index of train_rows[0]
+    n_train: int
+    test_X: np.ndarray
+    test_y: np.ndarray
+    test_rows: np.ndarray          # local indices into test_X
+    n_test: int
+    model: str
+    n_features: int
+    n_classes: int
+    n_params: int
+    dtype: np.dtype
+    l2_mask: np.ndarray
+    timers: dict = field(default_factory=lambda: {"compute": 0.0, "allreduce": 0.0,
+                                                  "eval": 0.0, "io": 0.0})
+
+
+def synth_path(cfg: JobConfig) -> Path:
+    """The cache folder of the generated dataset: a hash of every generator setting."""
+    s = cfg.data.synth
+    key = json.dumps([s.kind, s.rows, s.features, s.classes, s.noise, s.seed, s.shards,
+                      s.dtype])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_dir() / "data" / f"synth-{s.kind}-{s.rows}x{s.features}-{digest}"
+
+
+def _make_synth(cfg: JobConfig) -> str:
+    s = cfg.data.synth
+    path = synth_path(cfg)
+    if not path.exists():
+        say(f"generating {s.kind} data {s.rows} x {s.features} into {path}")
+        synth_to_folder(s.kind, str(path), n_rows=s.rows, n_features=s.features,
+                        n_classes=s.classes if s.kind == "multiclass" else None,
+                        noise=s.noise, seed=s.seed, dtype=s.dtype, n_shards=s.shards)
+    return str(path)
+
+
+def _check_job(cfg: JobConfig, info: DatasetInfo, test: DatasetInfo | None,
+               size: int) -> None:
+    """Rules that need the dataset's metadata; identical on every rank."""
+    if info.task not in _MODEL_TASKS[cfg.model.name]:
+        raise ConfigError(f"model '{cfg.model.name}' cannot learn a {info.task} task "
+                          f"(dataset '{info.path}'); use model.name = "
+                          f"'{_suggest_model(info.task)}'.")
+    if info.n_rows < size:
+        raise DataError(f"dataset '{info.path}' has {info.n_rows} rows but the job runs "
+                        f"{size} ranks; every rank needs at least one row.")
+    if test is not None:
+        for attr in ("task", "n_features", "n_classes", "dtype"):
+            if getattr(test, attr) != getattr(info, attr):
+                raise DataError(f"test data '{test.path}' has {attr} = {getattr(test, attr)} "
+                                f"but training data '{info.path}' has {getattr(info, attr)}.")
+
+
+def _suggest_model(task: str) -> str:
+    return {"regression": "linear", "binary": "logistic", "multiclass": "softmax"}[task]
+
+
+def _read_block(info: DatasetInfo, lo: int, hi: int, check: bool):
+    X, y = read_rows(info, lo, hi)
+    if check:
+        check_values(X, y, info, where=f"rows [{lo}, {hi}) of '{info.path}'", first_row=lo)
+    return X, y
+
+
+def prepare(cfg: JobConfig, topo: Topology) -> Context:
+    """Collective over the world: agree on the job, open the data, read this rank's rows."""
+    world, rank, size = topo.world, topo.rank, topo.size
+    if cfg.mode == "local" and size != 1:
+        raise ConfigError(f"mode 'local' runs on one rank, but the job has {size} ranks; "
+                          f"use mode = 'allreduce'.", agreed=True)
+    train_path = cfg.data.train or bcast_value(world, lambda: _make_synth(cfg))
+    info = agreed_call(world, open_dataset, train_path)
+    test_info = agreed_call(world, open_dataset, cfg.data.test) if cfg.data.test else None
+    agreed_call(world, _check_job, cfg, info, test_info, size)
+    run_dir = bcast_value(world, lambda: _start_run_folder(cfg))
+
+    t0 = time.perf_counter()
+    lo, hi = block_range(info.n_rows, size, rank)
+    X, y = agreed_call(world, _read_block, info, lo, hi, cfg.data.check_values)
+    if test_info is not None:
+        tlo, thi = block_range(test_info.n_rows, size, rank)
+        test_X, test_y = agreed_call(world, _read_block, test_info, tlo, thi,
+                                     cfg.data.check_values)
+        train_rows = np.arange(hi - lo, dtype=np.int64)
+        test_rows = np.arange(thi - tlo, dtype=np.int64)
+    else:
+        held = holdout_mask(lo, hi, cfg.data.test_fraction, cfg.train.seed)
+        train_rows = np.flatnonzero(~held).astype(np.int64)
+        test_rows = np.flatnonzero(held).astype(np.int64)
+        test_X, test_y = X, y
+    io_time = time.perf_counter() - t0
+
+    counts = np.array([train_rows.size, test_rows.size], dtype=np.int64)
+    totals = np.empty_like(counts)
+    world.Allreduce(counts, totals)
+    first = world.exscan(int(train_rows.size)) if size > 1 else 0
+    first = first or 0  # exscan leaves rank 0 undefined (None)
+    n_train, n_test = int(totals[0]), int(totals[1])
+    if n_train == 0:
+        raise DataError(f"no training rows left in '{info.path}' after holding out "
+                        f"data.test_fraction = {cfg.data.test_fraction}.", agreed=True)
+    if n_test == 0:
+        warn("no held-out rows: test metrics are skipped "
+             "(set data.test or data.test_fraction).")
+
+    n_classes = info.n_classes if cfg.model.name != "linear" else 0
+    n_params = kernels.n_params(cfg.model.name, info.n_features, n_classes)
+    ctx = Context(cfg=cfg, topo=topo, run_dir=run_dir, info=info, X=X, y=y, row0=lo,
+                  train_rows=train_rows, first_train=first, n_train=n_train,
+                  test_X=test_X, test_y=test_y, test_rows=test_rows, n_test=n_test,
+                  model=cfg.model.name, n_features=info.n_features, n_classes=n_classes,
+                  n_params=n_params, dtype=np.dtype(info.dtype),
+                  l2_mask=kernels.l2_mask(cfg.model.name, info.n_features, n_classes))
+    ctx.timers["io"] = io_time
+    _warm_up_kernels(ctx)
+    return ctx
+
+
+def _start_run_folder(cfg: JobConfig) -> Path:
+    run = runfolder.create(cfg)
+    runfolder.write_config(run, cfg)
+    (run / "metrics.jsonl").unlink(missing_ok=True)
+    return run
+
+
+def _warm_up_kernels(ctx: Context) -> None:
+    """Collective: compile the kernels on one rank per node first, then load from cache.
+
+    Eight ranks compiling the same kernel at once on two cores take eight times as
+    long as one rank compiling it and the others loading numba's cached result.
+    """
+    theta = np.zeros(ctx.n_params, dtype=ctx.dtype)
+    grad = np.empty_like(theta)
+    one = ctx.train_rows[:1] if ctx.train_rows.size else np.empty(0, dtype=np.int64)
+    for turn in (0, 1):
+        error = None
+        if (ctx.topo.local_rank == 0) == (turn == 0):
+            try:
+                kernels.loss_grad(ctx.model, ctx.X, ctx.y, one, theta, grad)
+                kernels.predict(ctx.model, ctx.X[:1], theta)
+            except Exception as exc:  # noqa: BLE001 - agreed below
+                error = exc
+        agree(ctx.topo.world, error)
+
+
+def evaluate(ctx: Context, theta: np.ndarray) -> dict:
+    """Collective over the world: test-set metrics from reduced sums."""
+    t0 = time.perf_counter()
+    rows = ctx.test_rows
+    task_regression = ctx.model == "linear"
+    width = 5 if task_regression else ctx.n_classes * ctx.n_classes + 1
+    sums = np.zeros(width, dtype=np.float64)
+    for start in range(0, rows.size, _EVAL_BLOCK):
+        block = rows[start:start + _EVAL_BLOCK]
+        Xb = np.ascontiguousarray(ctx.test_X[block])
+        pred = kernels.predict(ctx.model, Xb, theta)
+        yb = ctx.test_y[block]
+        if task_regression:
+            sums += regression_sums(pred, yb)
+        else:
+            sums += classification_sums(pred, yb, ctx.n_classes)
+    ctx.topo.world.Allreduce(MPI.IN_PLACE, sums)
+    ctx.timers["eval"] += time.perf_counter() - t0
+    if task_regression:
+        return finish_regression(sums)
+    return finish_classification(sums, ctx.n_classes)
+
+
+def objective(ctx: Context, theta: np.ndarray) -> float:
+    """Collective: the full training objective (mean loss + L2 term) at ``theta``."""
+    grad = np.empty_like(theta)
+    total = np.array([kernels.loss_grad(ctx.model, ctx.X, ctx.y, ctx.train_rows, theta, grad)])
+    ctx.topo.world.Allreduce(MPI.IN_PLACE, total)
+    w = theta[ctx.l2_mask]
+    return float(total[0] / ctx.n_train + 0.5 * ctx.cfg.model.l2 * float(w @ w))
+
+
+def truth_distance(ctx: Context, theta: np.ndarray) -> dict:
+    """Relative distance of learned weights from the generator's (synthetic data only)."""
+    if ctx.info.true_w is None or ctx.model != "linear":
+        return {}
+    w, b = kernels.weights(ctx.model, theta, ctx.n_features, ctx.n_classes)
+    tw = np.asarray(ctx.info.true_w, dtype=np.float64)
+    out = {"weight_rel_error": float(np.linalg.norm(w - tw) / max(np.linalg.norm(tw), 1e-300))}
+    if ctx.info.true_b is not None:
+        out["bias_abs_error"] = float(np.abs(np.asarray(b, dtype=np.float64)
+                                             - np.asarray(ctx.info.true_b)).max())
+    return out
+
+
+def run(cfg: JobConfig, topo: Topology) -> dict:
+    """Collective over the world: the whole training run; returns the summary."""
+    from .modes import allreduce
+
+    t_start = time.perf_counter()
+    ctx = prepare(cfg, topo)
+    say(f"mpisgd: {cfg.name}: {cfg.mode} mode, {topo.size} rank(s) on {topo.node_count} "
+        f"node(s); {cfg.model.name} on {ctx.n_train} train / {ctx.n_test} test rows, "
+        f"{ctx.n_features} features, {ctx.n_params} parameters ({ctx.dtype}); "
+        f"run folder {ctx.run_dir}")
+    theta = kernels.init_params(cfg.model.name, ctx.n_features, ctx.n_classes, ctx.dtype,
+                                np.random.default_rng(cfg.train.seed))
+    topo.world.Bcast(theta, root=0)
+    stats = allreduce.fit(ctx, theta)
+
+    final = {"train_objective": objective(ctx, theta)}
+    if ctx.n_test:
+        final["test"] = evaluate(ctx, theta)
+    final.update(truth_distance(ctx, theta))
+    wall = time.perf_counter() - t_start
+    t = ctx.timers
+    slowest = topo.world.allreduce(t["compute"] + t["allreduce"], op=MPI.MAX)
+    summary = {
+        "job": cfg.name, "mode": cfg.mode, "model": cfg.model.name,
+        "world_size": topo.size, "nodes": topo.node_count, "dtype": str(ctx.dtype),
+        "n_train": ctx.n_train, "n_test": ctx.n_test, "n_features": ctx.n_features,
+        "n_params": ctx.n_params, **stats, "wall_time_s": wall,
+        "samples_per_s": stats["samples"] / max(stats["train_time_s"], 1e-12),
+        "rank0_time_s": {k: round(v, 6) for k, v in t.items()},
+        "slowest_rank_step_time_s": slowest, **final,
+        "train_data": ctx.info.path, "test_data": cfg.data.test or None,
+        "run_dir": str(ctx.run_dir),
+    }
+    model_path = ctx.run_dir / "model.h5"
+
+    def write_outputs():
+        if cfg.output.save_model:
+            runfolder.write_model(ctx.run_dir, theta, model=ctx.model,
+                                  n_features=ctx.n_features, n_classes=ctx.n_classes,
+                                  task=ctx.info.task, cfg=cfg)
+        runfolder.write_summary(ctx.run_dir, summary)
+
+    bcast_value(topo.world, write_outputs)
+    _print_final(summary, model_path if cfg.output.save_model else None)
+    return summary
+
+
+def _print_final(s: dict, model_path: Path | None) -> None:
+    parts = [f"done in {s['wall_time_s']:.2f} s", f"{s['samples_per_s']:,.0f} samples/s",
+             f"train objective {s['train_objective']:.6g}"]
+    test = s.get("test", {})
+    for key in ("mse", "rmse", "r2", "accuracy", "precision", "recall", "f1", "log_loss"):
+        if key in test:
+            parts.append(f"test {key} {test[key]:.6g}")
+    if "weight_rel_error" in s:
+        parts.append(f"|w - w_true|/|w_true| {s['weight_rel_error']:.3g}")
+    say("mpisgd: " + ", ".join(parts))
+    if model_path is not None:
+        say(f"mpisgd: model written to {model_path}")
+    say(f"mpisgd: summary written to {Path(s['run_dir']) / 'summary.json'}")
+
+
+def numba_threads_for(local_size: int) -> int:
+    """Threads per rank = cores of this node / ranks on it (at least 1).
+
+    ``MPISGD_NUM_THREADS`` overrides. Oversubscribing cores with threads of several
+    ranks makes every rank slower, never faster.
+    """
+    env = os.environ.get("MPISGD_NUM_THREADS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"MPISGD_NUM_THREADS must be a positive integer, got {env!r}.",
+                              agreed=True)
+        return value
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, local_size))
