@@ -98,18 +98,12 @@ def _train(argv: list[str]) -> int:
 
 
 def _run_training(cfg) -> int:
-    import numba
-
     from .comm import make_topology
-    from .train import numba_threads_for, run
+    from .train import rank_threads, run
 
     topo = make_topology()
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(min(numba_threads_for(topo.local_size), numba.config.NUMBA_NUM_THREADS))
+    with rank_threads(topo):
         run(cfg, topo)
-    finally:
-        numba.set_num_threads(before)
     topo.free()
     return 0
 

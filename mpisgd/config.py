@@ -150,6 +150,8 @@ class TrainConfig:
     shuffle: bool = _f(True, Check("bool"), "reshuffle the rows every epoch")
     max_steps: int = _f(0, INT0, "stop after this many steps (0: no limit)")
     log_every: int = _f(0, INT0, "also log every N steps (0: once per epoch)")
+    measure_wait: bool = _f(False, Check("bool"),
+                            "barrier before each reduction to split waiting from communication")
 
 
 @dataclass

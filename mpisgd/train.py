@@ -8,6 +8,7 @@ hot loop start, where a failure on one rank aborts the whole job.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,7 +61,7 @@ class Context:
     dtype: np.dtype
     l2_mask: np.ndarray
     timers: dict = field(default_factory=lambda: {"compute": 0.0, "allreduce": 0.0,
-                                                  "eval": 0.0, "io": 0.0})
+                                                  "wait": 0.0, "eval": 0.0, "io": 0.0})
 
 
 def synth_path(cfg: JobConfig) -> Path:
@@ -297,6 +298,20 @@ def _print_final(s: dict, model_path: Path | None) -> None:
     if model_path is not None:
         say(f"mpisgd: model written to {model_path}")
     say(f"mpisgd: summary written to {Path(s['run_dir']) / 'summary.json'}")
+
+
+@contextlib.contextmanager
+def rank_threads(topo: Topology):
+    """Numba threads for this rank while the block runs; the previous count after."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(numba_threads_for(topo.local_size),
+                              numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield numba.get_num_threads()
+    finally:
+        numba.set_num_threads(before)
 
 
 def numba_threads_for(local_size: int) -> int:

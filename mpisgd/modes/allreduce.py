@@ -11,10 +11,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from mpi4py import MPI
 
 from .. import kernels, runfolder
 from ..comm import agree
+from ..comm.reduce import BufferAllreduce
 from ..data.partition import epoch_permutation, local_schedule, steps_per_epoch
 from ..errors import TrainingError
 from ..log import say
@@ -37,7 +37,8 @@ def fit(ctx, theta: np.ndarray) -> dict:
     grad = buf[:P]
     l2 = ctx.dtype.type(cfg.model.l2)
     mask = ctx.l2_mask
-    reduce = world.Get_size() > 1
+    reduce = BufferAllreduce(world, buf)
+    measure_wait = cfg.train.measure_wait and world.Get_size() > 1
     fail_here = cfg.debug.fail_rank == ctx.topo.rank
     trace = [] if cfg.debug.trace_rows else None
     progress = Progress(cfg.output.progress, total, ctx.topo.rank == 0)
@@ -70,9 +71,12 @@ def fit(ctx, theta: np.ndarray) -> dict:
                                    f"(debug.fail_rank = {ctx.topo.rank})")
             buf[P] = kernels.loss_grad(ctx.model, ctx.X, ctx.y, idx, theta, grad)
             buf[P + 1] = idx.size
+            if measure_wait:  # costs a barrier per step: for profiling only
+                t_wait = time.perf_counter()
+                world.Barrier()
+                timers["wait"] += time.perf_counter() - t_wait
             t1 = time.perf_counter()
-            if reduce:
-                world.Allreduce(MPI.IN_PLACE, buf)
+            reduce()
             t2 = time.perf_counter()
             count = buf[P + 1]
             grad *= ctx.dtype.type(1.0) / count
