@@ -95,9 +95,9 @@ PATH = Check("path")
 
 DEFAULT_JOB = Path(__file__).with_name("default_job.toml")
 MODES = ("allreduce", "local")
-MODEL_NAMES = ("linear", "logistic", "softmax")
+MODEL_NAMES = ("linear", "logistic", "softmax", "mlp")
 SYNTH_KINDS = ("linear", "logistic", "multiclass")
-OPTIMIZERS = ("sgd",)
+OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw")
 SCHEDULES = ("constant", "invscaling", "step", "cosine")
 
 
@@ -105,6 +105,8 @@ SCHEDULES = ("constant", "invscaling", "step", "cosine")
 class ModelConfig:
     name: str = _f("linear", Check("choice", choices=MODEL_NAMES), "model family")
     l2: float = _f(0.0, NONNEG, "L2 penalty 0.5*l2*sum(w**2) on weights, not biases")
+    hidden: list = _f([64], Check("int_list"), "mlp: hidden layer widths (1 to 3 layers)")
+    activation: str = _f("relu", Check("choice", choices=("relu", "tanh")), "mlp: activation")
 
 
 @dataclass
@@ -140,6 +142,12 @@ class OptimizerConfig:
     power: float = _f(1.0, POS, "invscaling exponent")
     step_epochs: int = _f(10, INT1, "step: epochs between decays")
     gamma: float = _f(0.1, Check("float", lo=0.0, hi=1.0, lo_open=True), "step: decay factor")
+    warmup_steps: int = _f(0, INT0, "linear warm-up from 0 to lr over this many steps")
+    beta1: float = _f(0.9, Check("float", lo=0.0, hi=1.0, hi_open=True), "adam/adamw: beta1")
+    beta2: float = _f(0.999, Check("float", lo=0.0, hi=1.0, hi_open=True), "adam/adamw: beta2")
+    eps: float = _f(1e-8, POS, "adagrad/adam/adamw: epsilon")
+    weight_decay: float = _f(0.01, NONNEG, "adamw: decoupled weight decay")
+    clip_norm: float = _f(0.0, NONNEG, "clip the gradient to this global L2 norm (0: off)")
 
 
 @dataclass
