@@ -44,3 +44,6 @@ bench: install
 
 clean:
 	rm -rf runs .pytest_cache benchmarks/results/*.json benchmarks/results/*.md
+
+docs/jobs.md: mpisgd/config.py
+	$(PY) -c "import mpisgd.config as c; print(c.reference_markdown(), end='')" > $@

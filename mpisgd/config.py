@@ -94,7 +94,7 @@ NONNEG = Check("float", lo=0.0)
 PATH = Check("path")
 
 DEFAULT_JOB = Path(__file__).with_name("default_job.toml")
-MODES = ("allreduce", "local")
+MODES = ("allreduce", "local", "ps")
 MODEL_NAMES = ("linear", "logistic", "softmax", "mlp")
 SYNTH_KINDS = ("linear", "logistic", "multiclass")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw")
@@ -163,6 +163,20 @@ class TrainConfig:
 
 
 @dataclass
+class PSConfig:
+    servers: int = _f(1, INT1, "server ranks (1: rank 0 serves)")
+    placement: str = _f("first", Check("choice", choices=("first", "spread")),
+                        "servers are ranks 0..N-1, or spread evenly (one per node)")
+    consistency: str = _f("bsp", Check("choice", choices=("bsp", "asp", "ssp")),
+                          "bsp: synchronous; asp: asynchronous; ssp: bounded staleness")
+    staleness: int = _f(2, INT0, "ssp: a worker may run this many steps ahead of the slowest")
+    backup_workers: int = _f(0, INT0, "bsp: apply a step without the last N workers' gradients")
+    poll_max_us: float = _f(1000.0, NONNEG, "longest sleep between polls of a waiting server")
+    stall_timeout: float = _f(60.0, POS, "a server waiting this long names the missing workers")
+    stall_abort: float = _f(300.0, POS, "... and aborts the job after this long")
+
+
+@dataclass
 class OutputConfig:
     dir: str = _f("", PATH, "run folder; empty: a new folder under runs/")
     progress: str = _f("auto", Check("choice", choices=("auto", "bar", "lines", "none")),
@@ -175,6 +189,8 @@ class DebugConfig:
     trace_rows: bool = _f(False, Check("bool"), "write the global row ids each rank used")
     fail_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank raises ...")
     fail_step: int = _f(-1, Check("int", lo=-1), "... at this step")
+    slow_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank sleeps ...")
+    slow_ms: float = _f(0.0, NONNEG, "... this many milliseconds before every step")
 
 
 @dataclass
@@ -186,6 +202,7 @@ class JobConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    ps: PSConfig = field(default_factory=PSConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict:
@@ -282,6 +299,11 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("optimizer.nesterov = true needs optimizer.momentum > 0.")
     if not cfg.data.train and cfg.data.test:
         raise ConfigError("data.test is set but data.train is empty; give both or neither.")
+    if cfg.ps.backup_workers and cfg.ps.consistency != "bsp":
+        raise ConfigError(f"ps.backup_workers applies to ps.consistency = 'bsp' only; "
+                          f"got '{cfg.ps.consistency}'.")
+    if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
+        raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
     if cfg.data.synth.kind == "multiclass" and not cfg.data.train and cfg.model.name != "softmax":
         raise ConfigError(f"synthetic multiclass data needs model.name = 'softmax', "
                           f"got '{cfg.model.name}'.")

@@ -21,19 +21,18 @@ from mpi4py import MPI
 
 from . import kernels, runfolder
 from .comm import Topology, agree, agreed_call, bcast_value
+from .comm.roles import Roles, assign_roles
 from .config import JobConfig
 from .data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
 from .data.partition import block_range, holdout_mask
 from .errors import ConfigError, DataError
+from .evaluation import evaluate, objective, truth_distance
 from .log import say, warn
-from .metrics import (classification_sums, finish_classification, finish_regression,
-                      regression_sums)
 from .paths import cache_dir
 
 # Which dataset task each model can learn.
 _MODEL_TASKS = {"linear": ("regression",), "logistic": ("binary",),
                 "softmax": ("multiclass", "binary")}
-_EVAL_BLOCK = 65536  # rows per prediction block: bounded memory for any test size
 
 
 @dataclass
@@ -42,6 +41,7 @@ class Context:
 
     cfg: JobConfig
     topo: Topology
+    roles: Roles
     run_dir: Path
     info: DatasetInfo
     X: np.ndarray
@@ -60,7 +60,7 @@ class Context:
     n_params: int
     dtype: np.dtype
     l2_mask: np.ndarray
-    timers: dict = field(default_factory=lambda: {"compute": 0.0, "allreduce": 0.0,
+    timers: dict = field(default_factory=lambda: {"compute": 0.0, "comm": 0.0,
                                                   "wait": 0.0, "eval": 0.0, "io": 0.0})
 
 
@@ -85,15 +85,15 @@ def _make_synth(cfg: JobConfig) -> str:
 
 
 def _check_job(cfg: JobConfig, info: DatasetInfo, test: DatasetInfo | None,
-               size: int) -> None:
+               n_workers: int) -> None:
     """Rules that need the dataset's metadata; identical on every rank."""
     if info.task not in _MODEL_TASKS[cfg.model.name]:
         raise ConfigError(f"model '{cfg.model.name}' cannot learn a {info.task} task "
                           f"(dataset '{info.path}'); use model.name = "
                           f"'{_suggest_model(info.task)}'.")
-    if info.n_rows < size:
+    if info.n_rows < n_workers:
         raise DataError(f"dataset '{info.path}' has {info.n_rows} rows but the job runs "
-                        f"{size} ranks; every rank needs at least one row.")
+                        f"{n_workers} worker ranks; every worker needs at least one row.")
     if test is not None:
         for attr in ("task", "n_features", "n_classes", "dtype"):
             if getattr(test, attr) != getattr(info, attr):
@@ -118,17 +118,26 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
     if cfg.mode == "local" and size != 1:
         raise ConfigError(f"mode 'local' runs on one rank, but the job has {size} ranks; "
                           f"use mode = 'allreduce'.", agreed=True)
+    roles = assign_roles(size, cfg.mode, cfg.ps.servers, cfg.ps.placement)
+    n_workers, me = len(roles.workers), roles.worker_index(rank)
+    if cfg.ps.backup_workers >= n_workers and cfg.mode == "ps":
+        raise ConfigError(f"ps.backup_workers = {cfg.ps.backup_workers} must be smaller than "
+                          f"the number of workers ({n_workers}).", agreed=True)
     train_path = cfg.data.train or bcast_value(world, lambda: _make_synth(cfg))
     info = agreed_call(world, open_dataset, train_path)
     test_info = agreed_call(world, open_dataset, cfg.data.test) if cfg.data.test else None
-    agreed_call(world, _check_job, cfg, info, test_info, size)
+    agreed_call(world, _check_job, cfg, info, test_info, n_workers)
     run_dir = bcast_value(world, lambda: _start_run_folder(cfg))
 
+    # Workers hold contiguous blocks of rows; servers hold none (empty blocks).
+    def my_block(n_rows: int) -> tuple[int, int]:
+        return block_range(n_rows, n_workers, me) if me >= 0 else (0, 0)
+
     t0 = time.perf_counter()
-    lo, hi = block_range(info.n_rows, size, rank)
+    lo, hi = my_block(info.n_rows)
     X, y = agreed_call(world, _read_block, info, lo, hi, cfg.data.check_values)
     if test_info is not None:
-        tlo, thi = block_range(test_info.n_rows, size, rank)
+        tlo, thi = my_block(test_info.n_rows)
         test_X, test_y = agreed_call(world, _read_block, test_info, tlo, thi,
                                      cfg.data.check_values)
         train_rows = np.arange(hi - lo, dtype=np.int64)
@@ -155,7 +164,7 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
 
     n_classes = info.n_classes if cfg.model.name != "linear" else 0
     n_params = kernels.n_params(cfg.model.name, info.n_features, n_classes)
-    ctx = Context(cfg=cfg, topo=topo, run_dir=run_dir, info=info, X=X, y=y, row0=lo,
+    ctx = Context(cfg=cfg, topo=topo, roles=roles, run_dir=run_dir, info=info, X=X, y=y, row0=lo,
                   train_rows=train_rows, first_train=first, n_train=n_train,
                   test_X=test_X, test_y=test_y, test_rows=test_rows, n_test=n_test,
                   model=cfg.model.name, n_features=info.n_features, n_classes=n_classes,
@@ -193,65 +202,22 @@ def _warm_up_kernels(ctx: Context) -> None:
         agree(ctx.topo.world, error)
 
 
-def evaluate(ctx: Context, theta: np.ndarray) -> dict:
-    """Collective over the world: test-set metrics from reduced sums."""
-    t0 = time.perf_counter()
-    rows = ctx.test_rows
-    task_regression = ctx.model == "linear"
-    width = 5 if task_regression else ctx.n_classes * ctx.n_classes + 1
-    sums = np.zeros(width, dtype=np.float64)
-    for start in range(0, rows.size, _EVAL_BLOCK):
-        block = rows[start:start + _EVAL_BLOCK]
-        Xb = np.ascontiguousarray(ctx.test_X[block])
-        pred = kernels.predict(ctx.model, Xb, theta)
-        yb = ctx.test_y[block]
-        if task_regression:
-            sums += regression_sums(pred, yb)
-        else:
-            sums += classification_sums(pred, yb, ctx.n_classes)
-    ctx.topo.world.Allreduce(MPI.IN_PLACE, sums)
-    ctx.timers["eval"] += time.perf_counter() - t0
-    if task_regression:
-        return finish_regression(sums)
-    return finish_classification(sums, ctx.n_classes)
-
-
-def objective(ctx: Context, theta: np.ndarray) -> float:
-    """Collective: the full training objective (mean loss + L2 term) at ``theta``."""
-    grad = np.empty_like(theta)
-    total = np.array([kernels.loss_grad(ctx.model, ctx.X, ctx.y, ctx.train_rows, theta, grad)])
-    ctx.topo.world.Allreduce(MPI.IN_PLACE, total)
-    w = theta[ctx.l2_mask]
-    return float(total[0] / ctx.n_train + 0.5 * ctx.cfg.model.l2 * float(w @ w))
-
-
-def truth_distance(ctx: Context, theta: np.ndarray) -> dict:
-    """Relative distance of learned weights from the generator's (synthetic data only)."""
-    if ctx.info.true_w is None or ctx.model != "linear":
-        return {}
-    w, b = kernels.weights(ctx.model, theta, ctx.n_features, ctx.n_classes)
-    tw = np.asarray(ctx.info.true_w, dtype=np.float64)
-    out = {"weight_rel_error": float(np.linalg.norm(w - tw) / max(np.linalg.norm(tw), 1e-300))}
-    if ctx.info.true_b is not None:
-        out["bias_abs_error"] = float(np.abs(np.asarray(b, dtype=np.float64)
-                                             - np.asarray(ctx.info.true_b)).max())
-    return out
-
-
 def run(cfg: JobConfig, topo: Topology) -> dict:
     """Collective over the world: the whole training run; returns the summary."""
-    from .modes import allreduce
+    from .modes import allreduce, ps
 
     t_start = time.perf_counter()
     ctx = prepare(cfg, topo)
-    say(f"mpisgd: {cfg.name}: {cfg.mode} mode, {topo.size} rank(s) on {topo.node_count} "
+    roles = (f" ({len(ctx.roles.servers)} server(s), {len(ctx.roles.workers)} worker(s), "
+             f"{cfg.ps.consistency})" if cfg.mode == "ps" else "")
+    say(f"mpisgd: {cfg.name}: {cfg.mode} mode{roles}, {topo.size} rank(s) on {topo.node_count} "
         f"node(s); {cfg.model.name} on {ctx.n_train} train / {ctx.n_test} test rows, "
         f"{ctx.n_features} features, {ctx.n_params} parameters ({ctx.dtype}); "
         f"run folder {ctx.run_dir}")
     theta = kernels.init_params(cfg.model.name, ctx.n_features, ctx.n_classes, ctx.dtype,
                                 np.random.default_rng(cfg.train.seed))
     topo.world.Bcast(theta, root=0)
-    stats = allreduce.fit(ctx, theta)
+    stats = (ps if cfg.mode == "ps" else allreduce).fit(ctx, theta)
 
     final = {"train_objective": objective(ctx, theta)}
     if ctx.n_test:
@@ -259,7 +225,7 @@ def run(cfg: JobConfig, topo: Topology) -> dict:
     final.update(truth_distance(ctx, theta))
     wall = time.perf_counter() - t_start
     t = ctx.timers
-    slowest = topo.world.allreduce(t["compute"] + t["allreduce"], op=MPI.MAX)
+    slowest = topo.world.allreduce(t["compute"] + t["comm"], op=MPI.MAX)
     summary = {
         "job": cfg.name, "mode": cfg.mode, "model": cfg.model.name,
         "world_size": topo.size, "nodes": topo.node_count, "dtype": str(ctx.dtype),

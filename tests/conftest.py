@@ -31,6 +31,16 @@ class Launcher:
     def __init__(self, env: dict[str, str]):
         self.env = env
 
+    def start(self, n: int, args: list[str]) -> subprocess.Popen:
+        """Start ``mpiexec -n N python -m mpisgd ARGS`` in its own process group.
+
+        The caller owns the timeout: wait with ``communicate(timeout=...)`` and kill the
+        group (``os.killpg``) if it expires.
+        """
+        cmd = [mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpisgd", *args]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.env, cwd=str(ROOT), start_new_session=True)
+
     def __call__(self, n: int, args: list[str], *, timeout: float = 120, module: bool = True,
                  env: dict[str, str] | None = None, cwd: str | None = None,
                  check: bool = False) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -148,6 +149,9 @@ def abort_job(message: str, code: int = 1) -> None:
     sys.stderr.write(f"mpisgd: error on rank {MPI.COMM_WORLD.Get_rank()} "
                      f"({socket.gethostname()}): {message}\n")
     sys.stderr.flush()
+    # The launcher forwards this rank's stderr through its proxy; an immediate abort
+    # can tear the proxy down before the message is forwarded (seen with hydra).
+    time.sleep(0.5)
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.COMM_WORLD.Abort(code)
     os._exit(code)

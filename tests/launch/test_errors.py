@@ -47,7 +47,7 @@ CASES = [
      "label"),
     ("empty-dataset", ["--set", "data.train='{empty}'"], "empty"),
     ("fewer-rows-than-ranks", ["--set", "data.train='{tiny}'"],
-     "has 3 rows but the job runs 4 ranks"),
+     "has 3 rows but the job runs 4 worker ranks"),
     ("unwritable-output", ["--out", "{tmp}/afile/run"], "not writable"),
     ("wrong-dataset-names", ["--set", "data.train='{names}'"], "'X'"),
     ("integer-X", ["--set", "data.train='{intX}'"], "int32"),

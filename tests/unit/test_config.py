@@ -29,7 +29,7 @@ def test_shipped_jobs_load(job):
     ("train.batch_size=2.5", "The 'train.batch_size' parameter must be an int"),
     ("train.epochs=0", "must be an int in [1, inf)"),
     ("model.name='svm'", "must be one of 'linear', 'logistic', 'softmax', 'mlp'. Got 'svm'"),
-    ("mode=ring", "must be one of 'allreduce', 'local'"),
+    ("mode=ring", "must be one of 'allreduce', 'local', 'ps'"),
     ("data.test_fraction=1.0", "must be a float in [0, 1)"),
     ("train.shuffle=1", "must be a boolean"),
     ("optimizer=3", "is a section"),

@@ -1,0 +1,78 @@
+"""Point-to-point pieces of the parameter-server protocol: message buffers, tags,
+polling waits that do not burn a shared core, and assembling sharded vectors.
+
+A message is one contiguous byte buffer: a 48-byte header (read as int64 or float64
+slots) followed by the payload, so a push or a reply is a single MPI message with no
+pickling.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from mpi4py import MPI
+from mpi4py.util.dtlib import from_numpy_dtype
+
+TAG_PUSH = 101    # worker -> server: gradient slice + header
+TAG_REPLY = 102   # server -> worker: parameter slice + header
+
+# Header slots
+H_STEP, H_COUNT, H_FLAGS, H_BASE, H_LOSS = 0, 1, 2, 3, 4  # push
+H_VERSION = 0                                              # reply (flags in H_FLAGS)
+HEADER_SLOTS = 6
+F_LAST = 1   # push flag: the worker's final step
+F_STOP = 1   # reply flag: training is over for this worker
+
+
+class Message:
+    """A reusable message buffer: ``ints``/``floats`` header views and ``payload``."""
+
+    def __init__(self, n: int, dtype: np.dtype):
+        dtype = np.dtype(dtype)
+        head = HEADER_SLOTS * 8
+        self.raw = np.zeros(head + n * dtype.itemsize, dtype=np.uint8)
+        self.ints = self.raw[:head].view(np.int64)
+        self.floats = self.raw[:head].view(np.float64)
+        self.payload = self.raw[head:].view(dtype)
+        self.spec = [self.raw, MPI.BYTE]
+        self.nbytes = self.raw.nbytes
+
+
+class Poller:
+    """Waits for any of a list of requests without spinning a shared core.
+
+    It tests, then sleeps with exponential back-off from 20 us up to ``max_sleep``;
+    ``on_idle(seconds_without_progress)`` runs between polls (the stall watchdog).
+    """
+
+    def __init__(self, max_sleep: float, on_idle: Callable[[float], None]):
+        self.max_sleep = max_sleep
+        self.on_idle = on_idle
+        self.last_progress = time.monotonic()
+
+    def wait_some(self, requests: list[MPI.Request]) -> list[int]:
+        delay = 0.0
+        while True:
+            done = MPI.Request.Testsome(requests)
+            if done:
+                self.last_progress = time.monotonic()
+                return done
+            self.on_idle(time.monotonic() - self.last_progress)
+            time.sleep(delay)
+            delay = min(max(2 * delay, 2e-5), self.max_sleep)
+
+
+def assemble(comm: MPI.Intracomm, full: np.ndarray, mine: np.ndarray,
+             owners: dict[int, tuple[int, int]]) -> None:
+    """Collective over ``comm``: every rank gets ``full`` from the slices their owners hold.
+
+    ``owners`` maps a rank to the range [lo, hi) of ``full`` it holds (servers);
+    every other rank contributes nothing. ``mine`` is this rank's slice (may be empty).
+    """
+    size = comm.Get_size()
+    counts = [owners[r][1] - owners[r][0] if r in owners else 0 for r in range(size)]
+    displs = [owners[r][0] if r in owners else 0 for r in range(size)]
+    mpi_type = from_numpy_dtype(full.dtype)
+    comm.Allgatherv([np.ascontiguousarray(mine), mpi_type], [full, counts, displs, mpi_type])

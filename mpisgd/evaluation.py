@@ -1,0 +1,63 @@
+"""Evaluation of a trained parameter vector: test metrics and the training objective.
+
+Collective over the world: every rank scores its own rows and the sums are reduced,
+so no data is gathered. Ranks without rows (parameter servers) contribute zeros.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from . import kernels
+from .metrics import (classification_sums, finish_classification, finish_regression,
+                      regression_sums)
+
+_EVAL_BLOCK = 65536  # rows per prediction block: bounded memory for any test size
+
+
+def evaluate(ctx, theta: np.ndarray) -> dict:
+    """Collective over the world: test-set metrics from reduced sums."""
+    t0 = time.perf_counter()
+    rows = ctx.test_rows
+    task_regression = ctx.model == "linear"
+    width = 5 if task_regression else ctx.n_classes * ctx.n_classes + 1
+    sums = np.zeros(width, dtype=np.float64)
+    for start in range(0, rows.size, _EVAL_BLOCK):
+        block = rows[start:start + _EVAL_BLOCK]
+        Xb = np.ascontiguousarray(ctx.test_X[block])
+        pred = kernels.predict(ctx.model, Xb, theta)
+        yb = ctx.test_y[block]
+        if task_regression:
+            sums += regression_sums(pred, yb)
+        else:
+            sums += classification_sums(pred, yb, ctx.n_classes)
+    ctx.topo.world.Allreduce(MPI.IN_PLACE, sums)
+    ctx.timers["eval"] += time.perf_counter() - t0
+    if task_regression:
+        return finish_regression(sums)
+    return finish_classification(sums, ctx.n_classes)
+
+
+def objective(ctx, theta: np.ndarray) -> float:
+    """Collective: the full training objective (mean loss + L2 term) at ``theta``."""
+    grad = np.empty_like(theta)
+    total = np.array([kernels.loss_grad(ctx.model, ctx.X, ctx.y, ctx.train_rows, theta, grad)])
+    ctx.topo.world.Allreduce(MPI.IN_PLACE, total)
+    w = theta[ctx.l2_mask]
+    return float(total[0] / ctx.n_train + 0.5 * ctx.cfg.model.l2 * float(w @ w))
+
+
+def truth_distance(ctx, theta: np.ndarray) -> dict:
+    """Relative distance of learned weights from the generator's (synthetic data only)."""
+    if ctx.info.true_w is None or ctx.model != "linear":
+        return {}
+    w, b = kernels.weights(ctx.model, theta, ctx.n_features, ctx.n_classes)
+    tw = np.asarray(ctx.info.true_w, dtype=np.float64)
+    out = {"weight_rel_error": float(np.linalg.norm(w - tw) / max(np.linalg.norm(tw), 1e-300))}
+    if ctx.info.true_b is not None:
+        out["bias_abs_error"] = float(np.abs(np.asarray(b, dtype=np.float64)
+                                             - np.asarray(ctx.info.true_b)).max())
+    return out

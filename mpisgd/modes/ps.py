@@ -1,0 +1,366 @@
+"""Parameter-server mode: sharded servers; BSP, ASP and SSP consistency; backup workers.
+
+Servers hold contiguous key ranges of the parameters and the optimizer state for
+them. Each worker step: compute the gradient sum of the worker's rows of the global
+minibatch, push one slice to every server (non-blocking), receive the fresh slices.
+Every push gets exactly one reply, so no buffer is ever overwritten in flight and no
+message queue grows behind a slow worker.
+
+* bsp: a server applies step t once it holds step-t pushes from all workers but
+  ``ps.backup_workers``; it sums them in worker order (deterministic), replies to them;
+  a push that arrives for an already-applied step is dropped, counted, and answered
+  at once with the current parameters, and its worker skips ahead.
+* asp: every push is applied on arrival and answered at once (Downpour), with the
+  learning rate scaled by the push's share of the global minibatch.
+* ssp: as asp, but the reply that lets a worker start step t+1 is held until the
+  slowest unfinished worker has completed step t+1-s (s = 0: no worker runs ahead).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import kernels, runfolder
+from ..comm import abort_job
+from ..comm.p2p import (F_LAST, F_STOP, H_BASE, H_COUNT, H_FLAGS, H_LOSS, H_STEP,
+                        H_VERSION, TAG_PUSH, TAG_REPLY, Message, Poller, assemble)
+from ..comm.roles import key_range
+from ..log import say, warn
+from ..optim import learning_rate, make_optimizer
+from ..progress import Progress
+from .allreduce import make_plan, write_trace
+from .common import Hooks, check_finite, finish_gradient
+
+
+def fit(ctx, theta: np.ndarray) -> dict:
+    """Collective over the world: train ``theta`` in place; return run statistics.
+
+    Server ranks run the server loop, the others the worker loop; at the end every
+    rank receives the final parameters from the servers.
+    """
+    world, rank, roles = ctx.topo.world, ctx.topo.rank, ctx.roles
+    n_servers = len(roles.servers)
+    ranges = [key_range(ctx.n_params, n_servers, s) for s in range(n_servers)]
+    t_train = time.perf_counter()
+    if roles.is_server(rank):
+        lo, hi = ranges[roles.server_index(rank)]
+        server = Server(ctx, theta[lo:hi].copy(), lo, hi)
+        stats = server.run()
+        mine = server.theta
+        if ctx.cfg.debug.trace_rows:
+            write_trace(ctx, [])   # collective: servers take part with no rows
+    else:
+        stats = Worker(ctx, theta, ranges).run()
+        mine = np.empty(0, dtype=theta.dtype)
+    owners = {r: ranges[i] for i, r in enumerate(roles.servers)}
+    assemble(world, theta, mine, owners)
+    counters = world.gather(stats, root=0)
+    head = world.bcast(stats if rank == 0 else None, root=0)
+    train_time = time.perf_counter() - t_train
+    out = {"epochs": head["epochs"], "steps": head["version"],
+           "steps_per_epoch": head["steps_per_epoch"], "global_batch": head["batch"],
+           "samples": head["samples"], "train_time_s": train_time}
+    if rank == 0:
+        out["ps"] = _summarise(counters, roles, ctx.cfg.ps)
+    return out
+
+
+def _summarise(counters: list[dict], roles, ps_cfg) -> dict:
+    servers = [counters[r] for r in roles.servers]
+    staleness, lead = Counter(), Counter()
+    for s in servers:
+        staleness.update(s["staleness"])
+        lead.update(s["lead"])
+    return {
+        "consistency": ps_cfg.consistency, "servers": list(roles.servers),
+        "workers": list(roles.workers),
+        "updates_per_server": [s["updates"] for s in servers],
+        "gradients_dropped": sum(s["dropped"] for s in servers),
+        "dropped_per_worker": _sum_dicts(s["dropped_from"] for s in servers),
+        "staleness_histogram": {str(k): v for k, v in sorted(staleness.items())},
+        # ssp: (step a worker was allowed to start) - (steps the slowest had completed)
+        "ssp_lead_histogram": {str(k): v for k, v in sorted(lead.items())},
+        "ssp_max_lead": max(lead) if lead else None,
+        "bytes_sent": [c["bytes_sent"] for c in counters],
+        "bytes_received": [c["bytes_received"] for c in counters],
+        "worker_steps": {str(r): counters[r]["steps_done"] for r in roles.workers},
+    }
+
+
+def _sum_dicts(dicts) -> dict:
+    total = Counter()
+    for d in dicts:
+        total.update(d)
+    return {str(k): v for k, v in sorted(total.items())}
+
+
+class Worker:
+    """Worker ranks only: compute gradients of the worker's rows, push, pull."""
+
+    def __init__(self, ctx, theta: np.ndarray, ranges: list[tuple[int, int]]):
+        self.ctx, self.theta, self.ranges = ctx, theta, ranges
+        self.servers = ctx.roles.servers
+        self.plan = make_plan(ctx)
+        self.sync = ctx.cfg.ps.consistency == "bsp"
+        self.push = [Message(hi - lo, theta.dtype) for lo, hi in ranges]
+        self.reply = [Message(hi - lo, theta.dtype) for lo, hi in ranges]
+        self.grad = np.empty_like(theta)
+        self.hooks = Hooks(ctx.cfg.debug, ctx.topo.rank)
+        self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0}
+
+    def run(self) -> dict:
+        ctx, world, plan, theta, grad = self.ctx, self.ctx.topo.world, self.plan, self.theta, self.grad
+        timers = ctx.timers
+        trace = {} if ctx.cfg.debug.trace_rows else None
+        step, version = 0, 0
+        while step < plan.total:
+            t0 = time.perf_counter()
+            idx = plan.rows_for(step)
+            if trace is not None:
+                trace.setdefault(step // plan.steps_per_epoch, []).append(idx + ctx.row0)
+            self.hooks.before_gradient(step)
+            loss = kernels.loss_grad(ctx.model, ctx.X, ctx.y, idx, theta, grad)
+            last = (not self.sync) and step + 1 >= plan.total
+            requests = []
+            for (lo, hi), msg, reply, server in zip(self.ranges, self.push, self.reply,
+                                                    self.servers):
+                msg.ints[H_STEP], msg.ints[H_COUNT] = step, idx.size
+                msg.ints[H_FLAGS], msg.ints[H_BASE] = (F_LAST if last else 0), version
+                msg.floats[H_LOSS] = loss
+                msg.payload[:] = grad[lo:hi]
+                requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
+                requests.append(world.Isend(msg.spec, server, TAG_PUSH))
+            t1 = time.perf_counter()
+            MPI.Request.Waitall(requests)
+            t2 = time.perf_counter()
+            stop = False
+            versions = []
+            for (lo, hi), reply in zip(self.ranges, self.reply):
+                theta[lo:hi] = reply.payload
+                versions.append(int(reply.ints[H_VERSION]))
+                stop |= bool(reply.ints[H_FLAGS] & F_STOP)
+            self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
+            self.counters["bytes_received"] += sum(m.nbytes for m in self.reply)
+            self.counters["steps_done"] += 1
+            timers["compute"] += (t1 - t0) + (time.perf_counter() - t2)
+            timers["comm"] += t2 - t1
+            version = max(versions)
+            if stop:
+                break
+            # bsp: the servers' version is the next global step (a dropped worker skips
+            # ahead to it); asp/ssp: every worker walks its own steps.
+            step = max(step + 1, version) if self.sync else step + 1
+        if trace is not None:
+            write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
+        return {**self.counters, "version": version, "epochs": 0, "steps_per_epoch": 0,
+                "batch": plan.batch, "samples": 0}
+
+
+class Server:
+    """Server ranks only: hold a key range and its optimizer state; serve the workers."""
+
+    def __init__(self, ctx, theta: np.ndarray, lo: int, hi: int):
+        cfg = ctx.cfg
+        self.ctx, self.cfg, self.theta, self.lo, self.hi = ctx, cfg, theta, lo, hi
+        self.workers = ctx.roles.workers
+        self.n_workers = len(self.workers)
+        self.plan = make_plan(ctx)
+        self.mode = cfg.ps.consistency
+        self.mask = ctx.l2_mask[lo:hi]
+        self.optimizer = make_optimizer(cfg.optimizer, hi - lo, theta.dtype)
+        self.inbox = [Message(hi - lo, theta.dtype) for _ in self.workers]
+        self.outbox = [Message(hi - lo, theta.dtype) for _ in self.workers]
+        self.sends = [MPI.REQUEST_NULL] * self.n_workers
+        self.recvs = [MPI.REQUEST_NULL] * self.n_workers
+        self.held = [False] * self.n_workers       # inbox[i] holds an unconsumed push
+        self.stopped = [False] * self.n_workers    # worker i has been told to stop
+        self.clock = [0] * self.n_workers          # ssp: steps completed per worker
+        self.waiting: list[int] = []               # ssp: replies held back
+        self.version = 0
+        self.acc = np.zeros(hi - lo, dtype=theta.dtype)
+        self.counters = {"updates": 0, "dropped": 0, "dropped_from": Counter(),
+                         "staleness": Counter(), "lead": Counter(),
+                         "bytes_sent": 0, "bytes_received": 0}
+        self.is_logger = ctx.topo.rank == 0
+        self.progress = Progress(cfg.output.progress, self.plan.total, self.is_logger)
+        self.epoch_loss = 0.0
+        self.epoch_rows = 0
+        self.samples = 0
+        self.applied_pushes = 0
+        self.epochs_logged = 0
+        self.t_epoch = time.perf_counter()
+        self.warned = False
+        self.poller = Poller(cfg.ps.poll_max_us * 1e-6, self._watchdog)
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> dict:
+        world = self.ctx.topo.world
+        for i, w in enumerate(self.workers):
+            self.recvs[i] = world.Irecv(self.inbox[i].spec, w, TAG_PUSH)
+        timers = self.ctx.timers
+        while not all(self.stopped):
+            t0 = time.perf_counter()
+            done = self.poller.wait_some(self.recvs)
+            t1 = time.perf_counter()
+            for i in done:
+                self.held[i] = True
+                self.counters["bytes_received"] += self.inbox[i].nbytes
+            if self.mode == "bsp":
+                self._bsp()
+            else:
+                for i in done:
+                    self._async(i)
+                self._release_ssp()
+            timers["comm"] += t1 - t0
+            timers["compute"] += time.perf_counter() - t1
+        MPI.Request.Waitall(self.sends)
+        self.progress.close()
+        return {**self.counters, "dropped_from": dict(self.counters["dropped_from"]),
+                "staleness": dict(self.counters["staleness"]),
+                "lead": dict(self.counters["lead"]), "version": self.version,
+                "epochs": self.epochs_logged, "steps_per_epoch": self.plan.steps_per_epoch,
+                "batch": self.plan.batch, "samples": self.samples, "steps_done": 0}
+
+    # -- consistency models -----------------------------------------------------------
+    def _bsp(self) -> None:
+        """Drop late pushes; apply the current step once enough workers have pushed it."""
+        for i in range(self.n_workers):
+            if self.held[i] and self.inbox[i].ints[H_STEP] < self.version:
+                self.counters["dropped"] += 1
+                self.counters["dropped_from"][self.workers[i]] += 1
+                self._consume_and_reply(i)
+        while self.version < self.plan.total:
+            ready = [i for i in range(self.n_workers)
+                     if self.held[i] and self.inbox[i].ints[H_STEP] == self.version]
+            if len(ready) < self.n_workers - self.cfg.ps.backup_workers:
+                return
+            acc = self.acc
+            acc[:] = self.inbox[ready[0]].payload
+            for i in ready[1:]:   # worker order: the same sum on every run
+                acc += self.inbox[i].payload
+            count = sum(int(self.inbox[i].ints[H_COUNT]) for i in ready)
+            loss = sum(float(self.inbox[i].floats[H_LOSS]) for i in ready)
+            self._apply(acc, count, loss, self.version)
+            for i in ready:
+                self._consume_and_reply(i)
+
+    def _async(self, i: int) -> None:
+        """asp/ssp: apply one worker's push now; reply now (asp) or when allowed (ssp)."""
+        msg = self.inbox[i]
+        step = int(msg.ints[H_STEP])
+        self.counters["staleness"][self.version - int(msg.ints[H_BASE])] += 1
+        self._apply(msg.payload, int(msg.ints[H_COUNT]), float(msg.floats[H_LOSS]), step)
+        self.clock[i] = step + 1
+        if msg.ints[H_FLAGS] & F_LAST:
+            self._consume_and_reply(i, stop=True)
+        elif self.mode == "asp":
+            self._consume_and_reply(i)
+        else:
+            self.held[i] = False   # applied; only the reply is held back
+            self.waiting.append(i)
+
+    def _release_ssp(self) -> None:
+        if not self.waiting:
+            return
+        running = [c for c, s in zip(self.clock, self.stopped) if not s]
+        slowest = min(running) if running else self.plan.total
+        keep = []
+        for i in self.waiting:
+            # worker i wants to start step clock[i]; allowed when the slowest worker
+            # has completed clock[i] - s steps
+            if slowest >= self.clock[i] - self.cfg.ps.staleness:
+                # the lead of the step this worker now starts over the slowest worker's
+                # completed steps, logged so tests can check the bound from the summary
+                self.counters["lead"][self.clock[i] - slowest] += 1
+                self._reply(i)
+                self._repost(i)
+            else:
+                keep.append(i)
+        self.waiting = keep
+
+    # -- shared pieces -------------------------------------------------------------
+    def _apply(self, grad: np.ndarray, count: int, loss_sum: float, step: int) -> None:
+        """One optimizer step on this server's key range from a gradient sum."""
+        cfg = self.cfg
+        if count > 0:  # an asynchronous push may carry no rows (a worker's empty share)
+            epoch = step // self.plan.steps_per_epoch
+            lr = learning_rate(cfg.optimizer, step, epoch, self.plan.total)
+            if self.mode != "bsp":
+                # The rate refers to the global minibatch. An asynchronous push carries
+                # one worker's share of it, so it moves the parameters by that share: the
+                # W pushes of a step together move them as far as one synchronous step.
+                lr *= count / self.plan.batch
+            finish_gradient(grad, count, self.theta, cfg.model.l2, self.mask)
+            # Only this server sees the problem: not agreed, so the CLI aborts the job.
+            check_finite(loss_sum / count, grad, step, lr, agreed=False)
+            self.optimizer.step(self.theta, grad, lr)
+            self.counters["updates"] += 1
+            self.samples += count
+        if self.mode == "bsp" or count > 0:
+            self.version += 1
+        self._account(loss_sum, count)
+
+    def _account(self, loss_sum: float, count: int) -> None:
+        """Rank 0 turns applied updates into epoch lines in metrics.jsonl."""
+        if not self.is_logger:
+            return
+        self.epoch_loss += loss_sum
+        self.epoch_rows += count
+        self.applied_pushes += 1
+        per_epoch = self.plan.steps_per_epoch * (1 if self.mode == "bsp" else self.n_workers)
+        steps = self.applied_pushes if self.mode == "bsp" else self.applied_pushes // self.n_workers
+        self.progress.update(min(steps, self.plan.total), loss_sum / max(count, 1))
+        if self.applied_pushes % per_epoch == 0:
+            self.epochs_logged += 1
+            record = {"epoch": self.epochs_logged, "step": steps,
+                      "train_loss": self.epoch_loss / max(self.epoch_rows, 1),
+                      "epoch_time_s": time.perf_counter() - self.t_epoch,
+                      "updates": self.counters["updates"], "dropped": self.counters["dropped"]}
+            runfolder.append_metrics(self.ctx.run_dir, record)
+            self.progress.epoch_line(record, self.cfg.train.epochs)
+            self.epoch_loss, self.epoch_rows, self.t_epoch = 0.0, 0, time.perf_counter()
+
+    def _consume_and_reply(self, i: int, stop: bool = False) -> None:
+        self._reply(i, stop)
+        self._repost(i)
+
+    def _reply(self, i: int, stop: bool = False) -> None:
+        stop = stop or (self.mode == "bsp" and self.version >= self.plan.total)
+        self.sends[i].Wait()   # the previous reply to this worker has been delivered
+        out = self.outbox[i]
+        out.ints[H_VERSION] = self.version
+        out.ints[H_FLAGS] = F_STOP if stop else 0
+        out.payload[:] = self.theta
+        self.sends[i] = self.ctx.topo.world.Isend(out.spec, self.workers[i], TAG_REPLY)
+        self.counters["bytes_sent"] += out.nbytes
+        if stop:
+            self.stopped[i] = True
+
+    def _repost(self, i: int) -> None:
+        self.held[i] = False
+        if not self.stopped[i]:
+            self.recvs[i] = self.ctx.topo.world.Irecv(self.inbox[i].spec, self.workers[i],
+                                                      TAG_PUSH)
+
+    def _watchdog(self, idle: float) -> None:
+        ps = self.cfg.ps
+        if idle < ps.stall_timeout:
+            self.warned = False
+            return
+        if self.mode == "bsp":
+            missing = [w for i, w in enumerate(self.workers)
+                       if not self.stopped[i] and not self.held[i]]
+        else:
+            missing = [w for i, w in enumerate(self.workers)
+                       if not self.stopped[i] and i not in self.waiting]
+        text = (f"server rank {self.ctx.topo.rank} has waited {idle:.0f} s at version "
+                f"{self.version} for worker rank(s) {missing}")
+        if idle >= ps.stall_abort:
+            abort_job(f"{text}; giving up after ps.stall_abort = {ps.stall_abort:g} s", 3)
+        if not self.warned:
+            warn(text + f" (ps.stall_timeout = {ps.stall_timeout:g} s)", all_ranks=True)
+            self.warned = True
