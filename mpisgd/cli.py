@@ -17,9 +17,10 @@ import os
 import sys
 import traceback
 
-from .errors import ConfigError, MpisgdError
+from .errors import ConfigError, Interrupted, MpisgdError
 
-USAGE = "python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] [--debug]"
+USAGE = ("python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] "
+         "[--resume auto|PATH] [--debug]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +38,9 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a job key, e.g. optimizer.lr=0.05")
     p.add_argument("--out", help="run folder (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="auto|PATH",
+                   help="continue from the newest valid checkpoint of the run folder "
+                        "('auto', needs --out) or from a checkpoint folder")
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     return p
 
@@ -73,13 +77,14 @@ def _train(argv: list[str]) -> int:
         except ConfigError as exc:
             exc.agreed = True  # every rank read the same file and flags: same verdict
             raise
-        return _run_training(cfg)
+        return _run_training(cfg, args.resume)
     except MpisgdError as exc:
         if exc.agreed:
             if rank == 0:
                 if debug:
                     traceback.print_exc()
-                sys.stderr.write(f"mpisgd: error: {exc}\n")
+                kind = "stopped" if isinstance(exc, Interrupted) else "error"
+                sys.stderr.write(f"mpisgd: {kind}: {exc}\n")
                 sys.stderr.flush()
             return exc.exit_code
         if debug or not exc.user_error:
@@ -97,13 +102,15 @@ def _train(argv: list[str]) -> int:
     return 1  # not reached: abort_job does not return
 
 
-def _run_training(cfg) -> int:
+def _run_training(cfg, resume: str | None) -> int:
+    from . import signals
     from .comm import make_topology
     from .train import rank_threads, run
 
+    signals.install()
     topo = make_topology()
     with rank_threads(topo):
-        run(cfg, topo)
+        run(cfg, topo, resume)
     topo.free()
     return 0
 

@@ -177,6 +177,14 @@ class PSConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = _f(0, INT0, "write a checkpoint every N global steps (0: off)")
+    every_seconds: float = _f(0.0, NONNEG, "... and/or every N seconds of training (0: off)")
+    keep: int = _f(3, INT1, "keep the newest K checkpoints")
+    final: bool = _f(True, Check("bool"), "write one at the end when checkpointing is on")
+
+
+@dataclass
 class OutputConfig:
     dir: str = _f("", PATH, "run folder; empty: a new folder under runs/")
     progress: str = _f("auto", Check("choice", choices=("auto", "bar", "lines", "none")),
@@ -203,6 +211,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ps: PSConfig = field(default_factory=PSConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict:
@@ -302,9 +311,17 @@ def validate(cfg: JobConfig) -> None:
     if cfg.ps.backup_workers and cfg.ps.consistency != "bsp":
         raise ConfigError(f"ps.backup_workers applies to ps.consistency = 'bsp' only; "
                           f"got '{cfg.ps.consistency}'.")
+    if (cfg.mode == "ps" and cfg.optimizer.clip_norm and cfg.ps.servers > 1
+            and cfg.ps.consistency != "bsp"):
+        raise ConfigError("optimizer.clip_norm with several servers needs ps.consistency = "
+                          "'bsp': the global norm sums every server's part of one step.")
     if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
         raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
-    if cfg.data.synth.kind == "multiclass" and not cfg.data.train and cfg.model.name != "softmax":
+    if not 1 <= len(cfg.model.hidden) <= 3:
+        raise ConfigError(f"The 'model.hidden' parameter must list 1 to 3 layer widths. "
+                          f"Got {cfg.model.hidden} instead.")
+    if (cfg.data.synth.kind == "multiclass" and not cfg.data.train
+            and cfg.model.name not in ("softmax", "mlp")):
         raise ConfigError(f"synthetic multiclass data needs model.name = 'softmax', "
                           f"got '{cfg.model.name}'.")
 

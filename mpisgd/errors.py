@@ -43,3 +43,17 @@ class TrainingError(MpisgdError, RuntimeError):
 
 class OutputError(MpisgdError, OSError):
     """The run folder or an output file cannot be written."""
+
+
+class CheckpointError(MpisgdError, RuntimeError):
+    """A checkpoint is missing, corrupt, or belongs to another model."""
+
+
+class Interrupted(MpisgdError):
+    """SIGTERM/SIGUSR1 stopped training after a checkpoint; requeue and ``--resume auto``.
+
+    Exit code 75 (EX_TEMPFAIL): the batch scripts requeue the job on this code.
+    """
+
+    user_error = True
+    exit_code = 75

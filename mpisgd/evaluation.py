@@ -22,13 +22,13 @@ def evaluate(ctx, theta: np.ndarray) -> dict:
     """Collective over the world: test-set metrics from reduced sums."""
     t0 = time.perf_counter()
     rows = ctx.test_rows
-    task_regression = ctx.model == "linear"
+    task_regression = ctx.spec.task == "regression"
     width = 5 if task_regression else ctx.n_classes * ctx.n_classes + 1
     sums = np.zeros(width, dtype=np.float64)
     for start in range(0, rows.size, _EVAL_BLOCK):
         block = rows[start:start + _EVAL_BLOCK]
         Xb = np.ascontiguousarray(ctx.test_X[block])
-        pred = kernels.predict(ctx.model, Xb, theta)
+        pred = kernels.spec_predict(ctx.spec, Xb, theta)
         yb = ctx.test_y[block]
         if task_regression:
             sums += regression_sums(pred, yb)
@@ -44,7 +44,8 @@ def evaluate(ctx, theta: np.ndarray) -> dict:
 def objective(ctx, theta: np.ndarray) -> float:
     """Collective: the full training objective (mean loss + L2 term) at ``theta``."""
     grad = np.empty_like(theta)
-    total = np.array([kernels.loss_grad(ctx.model, ctx.X, ctx.y, ctx.train_rows, theta, grad)])
+    total = np.array([kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, ctx.train_rows, theta,
+                                              grad)])
     ctx.topo.world.Allreduce(MPI.IN_PLACE, total)
     w = theta[ctx.l2_mask]
     return float(total[0] / ctx.n_train + 0.5 * ctx.cfg.model.l2 * float(w @ w))

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from . import kernels, runfolder
+from . import checkpoint, kernels, runfolder
 from .comm import Topology, agree, agreed_call, bcast_value
 from .comm.roles import Roles, assign_roles
 from .config import JobConfig
@@ -32,7 +33,8 @@ from .paths import cache_dir
 
 # Which dataset task each model can learn.
 _MODEL_TASKS = {"linear": ("regression",), "logistic": ("binary",),
-                "softmax": ("multiclass", "binary")}
+                "softmax": ("multiclass", "binary"),
+                "mlp": ("regression", "binary", "multiclass")}
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Context:
     topo: Topology
     roles: Roles
     run_dir: Path
+    run_token: str                 # agreed random id of this run (checkpoint staging names)
     info: DatasetInfo
     X: np.ndarray
     y: np.ndarray
@@ -59,9 +62,10 @@ class Context:
     n_classes: int
     n_params: int
     dtype: np.dtype
+    spec: kernels.ModelSpec
     l2_mask: np.ndarray
-    timers: dict = field(default_factory=lambda: {"compute": 0.0, "comm": 0.0,
-                                                  "wait": 0.0, "eval": 0.0, "io": 0.0})
+    timers: dict = field(default_factory=lambda: {"compute": 0.0, "comm": 0.0, "wait": 0.0,
+                                                  "eval": 0.0, "io": 0.0, "checkpoint": 0.0})
 
 
 def synth_path(cfg: JobConfig) -> Path:
@@ -127,7 +131,8 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
     info = agreed_call(world, open_dataset, train_path)
     test_info = agreed_call(world, open_dataset, cfg.data.test) if cfg.data.test else None
     agreed_call(world, _check_job, cfg, info, test_info, n_workers)
-    run_dir = bcast_value(world, lambda: _start_run_folder(cfg))
+    run_dir, run_token = bcast_value(world, lambda: (_start_run_folder(cfg),
+                                                      secrets.token_hex(4)))
 
     # Workers hold contiguous blocks of rows; servers hold none (empty blocks).
     def my_block(n_rows: int) -> tuple[int, int]:
@@ -163,13 +168,15 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
              "(set data.test or data.test_fraction).")
 
     n_classes = info.n_classes if cfg.model.name != "linear" else 0
-    n_params = kernels.n_params(cfg.model.name, info.n_features, n_classes)
-    ctx = Context(cfg=cfg, topo=topo, roles=roles, run_dir=run_dir, info=info, X=X, y=y, row0=lo,
+    spec = agreed_call(world, kernels.ModelSpec.from_config, cfg.model, info.n_features,
+                       n_classes, task=info.task)
+    n_params = kernels.spec_n_params(spec)
+    ctx = Context(cfg=cfg, topo=topo, roles=roles, run_dir=run_dir, run_token=run_token, info=info, X=X, y=y, row0=lo,
                   train_rows=train_rows, first_train=first, n_train=n_train,
                   test_X=test_X, test_y=test_y, test_rows=test_rows, n_test=n_test,
                   model=cfg.model.name, n_features=info.n_features, n_classes=n_classes,
                   n_params=n_params, dtype=np.dtype(info.dtype),
-                  l2_mask=kernels.l2_mask(cfg.model.name, info.n_features, n_classes))
+                  spec=spec, l2_mask=kernels.spec_l2_mask(spec))
     ctx.timers["io"] = io_time
     _warm_up_kernels(ctx)
     return ctx
@@ -195,15 +202,37 @@ def _warm_up_kernels(ctx: Context) -> None:
         error = None
         if (ctx.topo.local_rank == 0) == (turn == 0):
             try:
-                kernels.loss_grad(ctx.model, ctx.X, ctx.y, one, theta, grad)
-                kernels.predict(ctx.model, ctx.X[:1], theta)
+                kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, one, theta, grad)
+                kernels.spec_predict(ctx.spec, ctx.X[:1], theta)
             except Exception as exc:  # noqa: BLE001 - agreed below
                 error = exc
         agree(ctx.topo.world, error)
 
 
-def run(cfg: JobConfig, topo: Topology) -> dict:
-    """Collective over the world: the whole training run; returns the summary."""
+def _resume_point(ctx: Context, resume: str) -> dict | None:
+    """Rank 0: the checkpoint to resume from (verified), or None to start fresh."""
+    if resume == "auto":
+        ckpt, skipped = checkpoint.find_latest(ctx.run_dir)
+        for text in skipped:
+            warn(text)
+        if ckpt is None:
+            say(f"mpisgd: no checkpoint in {checkpoint.folder(ctx.run_dir)}; starting fresh")
+            return None
+    else:
+        ckpt = checkpoint.load(Path(resume))
+    checkpoint.check_compatible(ckpt, model=ctx.model, n_features=ctx.n_features,
+                                n_classes=ctx.n_classes, n_params=ctx.n_params)
+    return {"path": str(ckpt.path), "step": ckpt.step, "theta": ckpt.theta,
+            "state": ckpt.state, "from": (ckpt.manifest["mode"], ckpt.manifest["world_size"],
+                                          ckpt.manifest["servers"])}
+
+
+def run(cfg: JobConfig, topo: Topology, resume: str | None = None) -> dict:
+    """Collective over the world: the whole training run; returns the summary.
+
+    ``resume``: "auto" (the newest valid checkpoint of the run folder, if any) or a
+    checkpoint folder.
+    """
     from .modes import allreduce, ps
 
     t_start = time.perf_counter()
@@ -214,10 +243,17 @@ def run(cfg: JobConfig, topo: Topology) -> dict:
         f"node(s); {cfg.model.name} on {ctx.n_train} train / {ctx.n_test} test rows, "
         f"{ctx.n_features} features, {ctx.n_params} parameters ({ctx.dtype}); "
         f"run folder {ctx.run_dir}")
-    theta = kernels.init_params(cfg.model.name, ctx.n_features, ctx.n_classes, ctx.dtype,
-                                np.random.default_rng(cfg.train.seed))
+    theta = kernels.spec_init(ctx.spec, ctx.dtype, np.random.default_rng(cfg.train.seed))
     topo.world.Bcast(theta, root=0)
-    stats = (ps if cfg.mode == "ps" else allreduce).fit(ctx, theta)
+    start, opt_state = 0, None
+    point = bcast_value(topo.world, lambda: _resume_point(ctx, resume)) if resume else None
+    if point is not None:
+        theta[:] = point["theta"]
+        start, opt_state = point["step"], point["state"]
+        mode, size, servers = point["from"]
+        say(f"mpisgd: resuming at step {start} from {point['path']} (written in {mode} mode "
+            f"by {size} rank(s), {servers} server(s))")
+    stats = (ps if cfg.mode == "ps" else allreduce).fit(ctx, theta, start, opt_state)
 
     final = {"train_objective": objective(ctx, theta)}
     if ctx.n_test:

@@ -22,8 +22,10 @@ TAG_REPLY = 102   # server -> worker: parameter slice + header
 H_STEP, H_COUNT, H_FLAGS, H_BASE, H_LOSS = 0, 1, 2, 3, 4  # push
 H_VERSION = 0                                              # reply (flags in H_FLAGS)
 HEADER_SLOTS = 6
-F_LAST = 1   # push flag: the worker's final step
-F_STOP = 1   # reply flag: training is over for this worker
+F_LAST = 1         # push flag: the worker's final step
+F_SIGNAL = 2       # push flag: this worker received SIGTERM/SIGUSR1
+F_STOP = 1         # reply flag: training is over for this worker
+F_INTERRUPTED = 2  # reply flag: ... because of a signal (a checkpoint was written)
 
 
 class Message:

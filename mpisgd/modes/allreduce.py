@@ -12,86 +12,110 @@ import time
 
 import numpy as np
 
-from .. import kernels, runfolder
+from .. import kernels, runfolder, signals
 from ..comm import agree
 from ..comm.reduce import BufferAllreduce
+from ..errors import Interrupted
 from ..evaluation import evaluate
 from ..log import say
-from ..optim import learning_rate, make_optimizer
+from ..optim import clip_factor, learning_rate, make_optimizer, sq_norm
 from ..progress import Progress
-from .common import Hooks, StepPlan, check_finite, finish_gradient
+from .common import Hooks, Saver, StepPlan, check_finite, finish_gradient
 
 
-def fit(ctx, theta: np.ndarray) -> dict:
-    """Collective over the world: train ``theta`` in place; return run statistics."""
+def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = None) -> dict:
+    """Collective over the world: train ``theta`` in place from ``start_step``.
+
+    Returns run statistics. Raises Interrupted (agreed) after writing a checkpoint when
+    any rank received SIGTERM/SIGUSR1.
+    """
     cfg, world = ctx.cfg, ctx.topo.world
     P = ctx.n_params
     plan = make_plan(ctx)
     spe, total = plan.steps_per_epoch, plan.total
-    optimizer = make_optimizer(cfg.optimizer, P, ctx.dtype)
-    buf = np.zeros(P + 2, dtype=ctx.dtype)   # [gradient sum, loss sum, rows]
+    optimizer = make_optimizer(cfg.optimizer, P, ctx.dtype, decay_mask=ctx.l2_mask)
+    if opt_state:
+        optimizer.load_state(opt_state)
+    # [gradient sum, loss sum, rows, checkpoint request, stop request]: requests ride on
+    # the gradient's allreduce, so every rank learns of them at the same step for free.
+    buf = np.zeros(P + 4, dtype=ctx.dtype)
     grad = buf[:P]
     reduce = BufferAllreduce(world, buf)
     measure_wait = cfg.train.measure_wait and world.Get_size() > 1
     hooks = Hooks(cfg.debug, ctx.topo.rank)
-    trace = [] if cfg.debug.trace_rows else None
+    saver = Saver(ctx)
+    trace = {} if cfg.debug.trace_rows else None
     progress = Progress(cfg.output.progress, total, ctx.topo.rank == 0)
     timers = ctx.timers
-    step = samples = epoch = 0
-    t_train = time.perf_counter()
-    for epoch in range(cfg.train.epochs):
-        if step >= total:
-            break
-        t_epoch = time.perf_counter()
+    samples = epoch_rows = 0
+    loss_sum = 0.0
+    t_train = t_epoch = time.perf_counter()
+    step = start_step
+    while step < total:
+        epoch = step // spe
+        t0 = time.perf_counter()
+        idx = plan.rows_for(step)
         if trace is not None:
-            trace.append(plan.epoch_rows(epoch) + ctx.row0)
-        loss_sum = 0.0
-        epoch_rows = 0
-        for _ in range(spe):
-            if step >= total:
-                break
-            t0 = time.perf_counter()
-            idx = plan.rows_for(step)
-            hooks.before_gradient(step)
-            buf[P] = kernels.loss_grad(ctx.model, ctx.X, ctx.y, idx, theta, grad)
-            buf[P + 1] = idx.size
-            if measure_wait:  # costs a barrier per step: for profiling only
-                t_wait = time.perf_counter()
-                world.Barrier()
-                timers["wait"] += time.perf_counter() - t_wait
-            t1 = time.perf_counter()
-            reduce()
-            t2 = time.perf_counter()
-            count = float(buf[P + 1])
-            loss = float(buf[P]) / count
-            finish_gradient(grad, count, theta, cfg.model.l2, ctx.l2_mask)
-            lr = learning_rate(cfg.optimizer, step, epoch, total)
-            # The reduced buffer is the same on every rank and NaN/Inf survive any
-            # summation order, so every rank raises here together: no hang.
-            check_finite(loss, grad, step, lr)
-            optimizer.step(theta, grad, lr)
-            t3 = time.perf_counter()
-            timers["compute"] += (t1 - t0) + (t3 - t2)
-            timers["comm"] += t2 - t1
-            loss_sum += float(buf[P])
-            epoch_rows += int(count)
-            step += 1
-            progress.update(step, loss)
-            if cfg.train.log_every and step % cfg.train.log_every == 0:
-                _log(ctx, {"step": step, "epoch": epoch, "loss": loss, "lr": lr})
-        samples += epoch_rows
-        record = {"epoch": epoch + 1, "step": step,
-                  "train_loss": loss_sum / max(epoch_rows, 1),
-                  "epoch_time_s": time.perf_counter() - t_epoch}
-        if ctx.n_test:
-            record["test"] = evaluate(ctx, theta)
-        _log(ctx, record)
-        progress.epoch_line(record, cfg.train.epochs)
+            trace.setdefault(epoch, []).append(idx + ctx.row0)
+        hooks.before_gradient(step)
+        buf[P] = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
+        buf[P + 1] = idx.size
+        buf[P + 2] = saver.time_due()
+        buf[P + 3] = signals.requested()
+        if measure_wait:  # costs a barrier per step: for profiling only
+            t_wait = time.perf_counter()
+            world.Barrier()
+            timers["wait"] += time.perf_counter() - t_wait
+        t1 = time.perf_counter()
+        reduce()
+        t2 = time.perf_counter()
+        count = float(buf[P + 1])
+        loss = float(buf[P]) / count
+        finish_gradient(grad, count, theta, cfg.model.l2, ctx.l2_mask)
+        if cfg.optimizer.clip_norm:   # the reduced gradient is the same on every rank
+            grad *= ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
+        lr = learning_rate(cfg.optimizer, step, epoch, total)
+        # The reduced buffer is the same on every rank and NaN/Inf survive any
+        # summation order, so every rank raises here together: no hang.
+        check_finite(loss, grad, step, lr)
+        optimizer.step(theta, grad, lr)
+        t3 = time.perf_counter()
+        timers["compute"] += (t1 - t0) + (t3 - t2)
+        timers["comm"] += t2 - t1
+        loss_sum += float(buf[P])
+        epoch_rows += int(count)
+        step += 1
+        progress.update(step, loss)
+        if cfg.train.log_every and step % cfg.train.log_every == 0:
+            _log(ctx, {"step": step, "epoch": epoch, "loss": loss, "lr": lr})
+        if step % spe == 0 or step == total:   # end of an epoch (or of the run)
+            samples += epoch_rows
+            record = {"epoch": epoch + 1, "step": step,
+                      "train_loss": loss_sum / max(epoch_rows, 1),
+                      "epoch_time_s": time.perf_counter() - t_epoch}
+            if ctx.n_test:
+                record["test"] = evaluate(ctx, theta)
+            _log(ctx, record)
+            progress.epoch_line(record, cfg.train.epochs)
+            loss_sum, epoch_rows, t_epoch = 0.0, 0, time.perf_counter()
+        stop = buf[P + 3] > 0
+        if stop or saver.due(step, buf[P + 2] > 0) or (step == total and saver.enabled
+                                                      and cfg.checkpoint.final):
+            t_ck = time.perf_counter()
+            path = saver.save_replicated(step, theta, optimizer.state(),
+                                         "signal" if stop else "periodic")
+            timers["checkpoint"] += time.perf_counter() - t_ck
+            if stop:
+                progress.close()
+                raise Interrupted(f"stopped by a signal after step {step}; checkpoint "
+                                  f"written to {path}; rerun with --resume auto "
+                                  f"--out {ctx.run_dir} to continue.", agreed=True)
     progress.close()
+    samples += epoch_rows
     if trace is not None:
-        write_trace(ctx, trace)
-    return {"epochs": epoch + 1, "steps": step, "steps_per_epoch": spe,
-            "global_batch": plan.batch, "samples": samples,
+        write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
+    return {"epochs": -(-step // spe), "steps": step, "steps_per_epoch": spe,
+            "global_batch": plan.batch, "samples": samples, "start_step": start_step,
             "train_time_s": time.perf_counter() - t_train}
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.partition import epoch_permutation, local_schedule, steps_per_epoch
-from ..errors import TrainingError
+from .. import checkpoint
+from ..errors import MpisgdError, TrainingError
 
 
 @dataclass
@@ -100,3 +101,83 @@ class Hooks:
         if step == self.fail_step:
             raise RuntimeError(f"injected failure in the gradient kernel at step {step} "
                                f"(debug.fail_rank = {self.rank})")
+
+
+class Saver:
+    """When to checkpoint, and writing one: replicated (allreduce) or sharded (servers)."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        c = ctx.cfg.checkpoint
+        self.every_steps, self.every_seconds, self.keep = c.every_steps, c.every_seconds, c.keep
+        self.enabled = bool(c.every_steps or c.every_seconds)
+        self.last = time.monotonic()
+        # Only rank 0 votes on time, so the decision does not depend on clock skew.
+        self.votes = self.every_seconds > 0 and ctx.topo.rank == 0
+
+    def time_due(self) -> float:
+        """Rank 0's vote (1.0/0.0) that every_seconds have passed since the last one."""
+        return float(self.votes and time.monotonic() - self.last >= self.every_seconds)
+
+    def due(self, step: int, time_vote: bool) -> bool:
+        return bool((self.every_steps and step % self.every_steps == 0) or time_vote)
+
+    def meta(self, step: int, reason: str) -> dict:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        from ..config import to_toml
+
+        return {"reason": reason, "epoch": step // max(1, _steps_per_epoch(ctx)),
+                "mode": cfg.mode, "consistency": cfg.ps.consistency if cfg.mode == "ps" else None,
+                "world_size": ctx.topo.size, "servers": len(ctx.roles.servers),
+                "model": ctx.model, "n_features": ctx.n_features, "n_classes": ctx.n_classes,
+                "n_params": ctx.n_params, "dtype": str(ctx.dtype), "seed": cfg.train.seed,
+                "config": to_toml(cfg)}
+
+    def save_replicated(self, step: int, theta: np.ndarray, state: dict, reason: str):
+        """Collective over the world: rank 0 writes the whole vector; errors agreed."""
+        from ..comm import bcast_value
+
+        def write():
+            staging = checkpoint.staging_dir(self.ctx.run_dir, step, self.ctx.run_token)
+            entry = checkpoint.write_shard(staging, 0, 0, theta.size, theta, state)
+            return checkpoint.commit(self.ctx.run_dir, staging, step, [entry],
+                                     self.meta(step, reason), self.keep)
+
+        path = bcast_value(self.ctx.topo.world, write)
+        self.last = time.monotonic()
+        return path
+
+    def save_sharded(self, comm, index: int, lo: int, hi: int, theta_slice: np.ndarray,
+                     state: dict, step: int, reason: str):
+        """Collective over the servers' communicator: each writes its key range, server 0
+        commits the manifest. An error here is not agreed with the waiting workers, so it
+        is re-raised as this rank's own (the job aborts)."""
+        from ..comm import agree
+
+        error, entry = None, None
+        staging = checkpoint.staging_dir(self.ctx.run_dir, step, self.ctx.run_token)
+        try:
+            entry = checkpoint.write_shard(staging, index, lo, hi, theta_slice, state)
+        except Exception as exc:  # noqa: BLE001 - agreed below
+            error = exc
+        entries = comm.gather(entry, root=0)
+        path = None
+        if comm.Get_rank() == 0 and error is None and None not in entries:
+            try:
+                path = checkpoint.commit(self.ctx.run_dir, staging, step, entries,
+                                         self.meta(step, reason), self.keep)
+            except Exception as exc:  # noqa: BLE001 - agreed below
+                error = exc
+        try:
+            agree(comm, error)
+        except MpisgdError as exc:
+            exc.agreed = False
+            raise
+        self.last = time.monotonic()
+        return comm.bcast(path, root=0)
+
+
+def _steps_per_epoch(ctx) -> int:
+    t = ctx.cfg.train
+    batch = min(t.batch_size or ctx.n_train, ctx.n_train)
+    return steps_per_epoch(ctx.n_train, batch)

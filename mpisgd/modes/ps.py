@@ -24,49 +24,68 @@ from collections import Counter
 import numpy as np
 from mpi4py import MPI
 
-from .. import kernels, runfolder
+from .. import kernels, runfolder, signals
 from ..comm import abort_job
-from ..comm.p2p import (F_LAST, F_STOP, H_BASE, H_COUNT, H_FLAGS, H_LOSS, H_STEP,
-                        H_VERSION, TAG_PUSH, TAG_REPLY, Message, Poller, assemble)
+from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_SIGNAL, F_STOP, H_BASE, H_COUNT, H_FLAGS,
+                        H_LOSS, H_STEP, H_VERSION, TAG_PUSH, TAG_REPLY, Message, Poller,
+                        assemble)
+from ..errors import Interrupted
 from ..comm.roles import key_range
 from ..log import say, warn
-from ..optim import learning_rate, make_optimizer
+from ..optim import clip_factor, learning_rate, make_optimizer, sq_norm
 from ..progress import Progress
 from .allreduce import make_plan, write_trace
-from .common import Hooks, check_finite, finish_gradient
+from .common import Hooks, Saver, check_finite, finish_gradient
 
 
-def fit(ctx, theta: np.ndarray) -> dict:
+def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = None) -> dict:
     """Collective over the world: train ``theta`` in place; return run statistics.
 
     Server ranks run the server loop, the others the worker loop; at the end every
-    rank receives the final parameters from the servers.
+    rank receives the final parameters from the servers. Raises Interrupted (agreed)
+    after a checkpoint when a signal stopped training.
     """
     world, rank, roles = ctx.topo.world, ctx.topo.rank, ctx.roles
     n_servers = len(roles.servers)
     ranges = [key_range(ctx.n_params, n_servers, s) for s in range(n_servers)]
+    server_comm = world.Split(0 if roles.is_server(rank) else MPI.UNDEFINED, rank)
     t_train = time.perf_counter()
     if roles.is_server(rank):
-        lo, hi = ranges[roles.server_index(rank)]
-        server = Server(ctx, theta[lo:hi].copy(), lo, hi)
+        index = roles.server_index(rank)
+        lo, hi = ranges[index]
+        server = Server(ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
+                        _slice_state(opt_state, lo, hi))
         stats = server.run()
+        server_comm.Free()
         mine = server.theta
         if ctx.cfg.debug.trace_rows:
             write_trace(ctx, [])   # collective: servers take part with no rows
     else:
-        stats = Worker(ctx, theta, ranges).run()
+        stats = Worker(ctx, theta, ranges, start_step).run()
         mine = np.empty(0, dtype=theta.dtype)
     owners = {r: ranges[i] for i, r in enumerate(roles.servers)}
     assemble(world, theta, mine, owners)
     counters = world.gather(stats, root=0)
     head = world.bcast(stats if rank == 0 else None, root=0)
     train_time = time.perf_counter() - t_train
-    out = {"epochs": head["epochs"], "steps": head["version"],
+    if world.allreduce(stats["interrupted"], op=MPI.MAX):
+        raise Interrupted(f"stopped by a signal at step {head['version']}; checkpoint "
+                          f"written to {head['checkpoint']}; rerun with --resume auto "
+                          f"--out {ctx.run_dir} to continue.", agreed=True)
+    out = {"epochs": head["epochs"], "steps": head["version"], "start_step": start_step,
            "steps_per_epoch": head["steps_per_epoch"], "global_batch": head["batch"],
            "samples": head["samples"], "train_time_s": train_time}
     if rank == 0:
         out["ps"] = _summarise(counters, roles, ctx.cfg.ps)
     return out
+
+
+def _slice_state(state: dict | None, lo: int, hi: int) -> dict | None:
+    """A server's part of a full optimizer state: per-parameter arrays sliced."""
+    if not state:
+        return state
+    n = max(v.size for v in state.values())
+    return {k: (v[lo:hi].copy() if v.ndim == 1 and v.size == n else v) for k, v in state.items()}
 
 
 def _summarise(counters: list[dict], roles, ps_cfg) -> dict:
@@ -101,8 +120,8 @@ def _sum_dicts(dicts) -> dict:
 class Worker:
     """Worker ranks only: compute gradients of the worker's rows, push, pull."""
 
-    def __init__(self, ctx, theta: np.ndarray, ranges: list[tuple[int, int]]):
-        self.ctx, self.theta, self.ranges = ctx, theta, ranges
+    def __init__(self, ctx, theta: np.ndarray, ranges: list[tuple[int, int]], start: int):
+        self.ctx, self.theta, self.ranges, self.start = ctx, theta, ranges, start
         self.servers = ctx.roles.servers
         self.plan = make_plan(ctx)
         self.sync = ctx.cfg.ps.consistency == "bsp"
@@ -116,20 +135,22 @@ class Worker:
         ctx, world, plan, theta, grad = self.ctx, self.ctx.topo.world, self.plan, self.theta, self.grad
         timers = ctx.timers
         trace = {} if ctx.cfg.debug.trace_rows else None
-        step, version = 0, 0
+        step = version = self.start
+        interrupted = False
         while step < plan.total:
             t0 = time.perf_counter()
             idx = plan.rows_for(step)
             if trace is not None:
                 trace.setdefault(step // plan.steps_per_epoch, []).append(idx + ctx.row0)
             self.hooks.before_gradient(step)
-            loss = kernels.loss_grad(ctx.model, ctx.X, ctx.y, idx, theta, grad)
+            loss = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
             last = (not self.sync) and step + 1 >= plan.total
             requests = []
             for (lo, hi), msg, reply, server in zip(self.ranges, self.push, self.reply,
                                                     self.servers):
                 msg.ints[H_STEP], msg.ints[H_COUNT] = step, idx.size
-                msg.ints[H_FLAGS], msg.ints[H_BASE] = (F_LAST if last else 0), version
+                msg.ints[H_FLAGS] = (F_LAST if last else 0) | (F_SIGNAL if signals.requested() else 0)
+                msg.ints[H_BASE] = version
                 msg.floats[H_LOSS] = loss
                 msg.payload[:] = grad[lo:hi]
                 requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
@@ -143,6 +164,7 @@ class Worker:
                 theta[lo:hi] = reply.payload
                 versions.append(int(reply.ints[H_VERSION]))
                 stop |= bool(reply.ints[H_FLAGS] & F_STOP)
+                interrupted |= bool(reply.ints[H_FLAGS] & F_INTERRUPTED)
             self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
             self.counters["bytes_received"] += sum(m.nbytes for m in self.reply)
             self.counters["steps_done"] += 1
@@ -157,30 +179,37 @@ class Worker:
         if trace is not None:
             write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
         return {**self.counters, "version": version, "epochs": 0, "steps_per_epoch": 0,
-                "batch": plan.batch, "samples": 0}
+                "batch": plan.batch, "samples": 0, "interrupted": interrupted}
 
 
 class Server:
     """Server ranks only: hold a key range and its optimizer state; serve the workers."""
 
-    def __init__(self, ctx, theta: np.ndarray, lo: int, hi: int):
+    def __init__(self, ctx, theta: np.ndarray, lo: int, hi: int, index: int, comm,
+                 start: int, opt_state: dict | None):
         cfg = ctx.cfg
         self.ctx, self.cfg, self.theta, self.lo, self.hi = ctx, cfg, theta, lo, hi
+        self.index, self.comm = index, comm   # comm: the servers' own communicator
         self.workers = ctx.roles.workers
         self.n_workers = len(self.workers)
         self.plan = make_plan(ctx)
         self.mode = cfg.ps.consistency
         self.mask = ctx.l2_mask[lo:hi]
-        self.optimizer = make_optimizer(cfg.optimizer, hi - lo, theta.dtype)
+        self.optimizer = make_optimizer(cfg.optimizer, hi - lo, theta.dtype, decay_mask=ctx.l2_mask[lo:hi])
+        if opt_state:
+            self.optimizer.load_state(opt_state)
+        self.saver = Saver(ctx)
+        self.interrupted = False
+        self.checkpoint_path = None
         self.inbox = [Message(hi - lo, theta.dtype) for _ in self.workers]
         self.outbox = [Message(hi - lo, theta.dtype) for _ in self.workers]
         self.sends = [MPI.REQUEST_NULL] * self.n_workers
         self.recvs = [MPI.REQUEST_NULL] * self.n_workers
         self.held = [False] * self.n_workers       # inbox[i] holds an unconsumed push
         self.stopped = [False] * self.n_workers    # worker i has been told to stop
-        self.clock = [0] * self.n_workers          # ssp: steps completed per worker
+        self.clock = [start] * self.n_workers      # steps completed per worker (asp/ssp)
         self.waiting: list[int] = []               # ssp: replies held back
-        self.version = 0
+        self.version = start
         self.acc = np.zeros(hi - lo, dtype=theta.dtype)
         self.counters = {"updates": 0, "dropped": 0, "dropped_from": Counter(),
                          "staleness": Counter(), "lead": Counter(),
@@ -218,12 +247,19 @@ class Server:
             timers["comm"] += t1 - t0
             timers["compute"] += time.perf_counter() - t1
         MPI.Request.Waitall(self.sends)
+        if self.mode != "bsp":
+            # Asynchronous servers are not in step, so they checkpoint once, here, at the
+            # end (of training, or after a signal), all together.
+            self.interrupted = bool(self.comm.allreduce(self.interrupted, op=MPI.MAX))
+            if self.interrupted or (self.saver.enabled and self.cfg.checkpoint.final):
+                self._save("signal" if self.interrupted else "final")
         self.progress.close()
         return {**self.counters, "dropped_from": dict(self.counters["dropped_from"]),
                 "staleness": dict(self.counters["staleness"]),
                 "lead": dict(self.counters["lead"]), "version": self.version,
                 "epochs": self.epochs_logged, "steps_per_epoch": self.plan.steps_per_epoch,
-                "batch": self.plan.batch, "samples": self.samples, "steps_done": 0}
+                "batch": self.plan.batch, "samples": self.samples, "steps_done": 0,
+                "interrupted": self.interrupted, "checkpoint": str(self.checkpoint_path)}
 
     # -- consistency models -----------------------------------------------------------
     def _bsp(self) -> None:
@@ -245,12 +281,40 @@ class Server:
             count = sum(int(self.inbox[i].ints[H_COUNT]) for i in ready)
             loss = sum(float(self.inbox[i].floats[H_LOSS]) for i in ready)
             self._apply(acc, count, loss, self.version)
+            self._maybe_checkpoint(any(self.inbox[i].ints[H_FLAGS] & F_SIGNAL for i in ready))
             for i in ready:
                 self._consume_and_reply(i)
+            if self.interrupted:
+                return
+
+    def _maybe_checkpoint(self, flagged: bool) -> None:
+        """bsp, after each step: the servers agree on checkpointing and stopping."""
+        stop = flagged or signals.requested()
+        vote = self.saver.time_due()
+        if self.comm.Get_size() > 1:   # one tiny collective among servers per step
+            stop, vote = self.comm.allreduce((stop, vote), op=_max_pair)
+        final = self.version == self.plan.total and self.saver.enabled and self.cfg.checkpoint.final
+        if stop or self.saver.due(self.version, bool(vote)) or final:
+            self.interrupted = bool(stop)
+            self._save("signal" if stop else "periodic")
+
+    def _save(self, reason: str) -> None:
+        """Collective over the servers. bsp: at the step just applied; asp/ssp: at the
+        steps the slowest worker completed (workers resume there together)."""
+        t0 = time.perf_counter()
+        step = self.version if self.mode == "bsp" else min(self.clock)
+        if self.mode != "bsp":
+            step = self.comm.allreduce(step, op=MPI.MIN)
+        self.checkpoint_path = self.saver.save_sharded(
+            self.comm, self.index, self.lo, self.hi, self.theta, self.optimizer.state(),
+            step, reason)
+        self.ctx.timers["checkpoint"] += time.perf_counter() - t0
 
     def _async(self, i: int) -> None:
         """asp/ssp: apply one worker's push now; reply now (asp) or when allowed (ssp)."""
         msg = self.inbox[i]
+        if msg.ints[H_FLAGS] & F_SIGNAL or signals.requested():
+            self.interrupted = True   # from now on every reply says stop
         step = int(msg.ints[H_STEP])
         self.counters["staleness"][self.version - int(msg.ints[H_BASE])] += 1
         self._apply(msg.payload, int(msg.ints[H_COUNT]), float(msg.floats[H_LOSS]), step)
@@ -295,6 +359,14 @@ class Server:
                 # W pushes of a step together move them as far as one synchronous step.
                 lr *= count / self.plan.batch
             finish_gradient(grad, count, self.theta, cfg.model.l2, self.mask)
+            if cfg.optimizer.clip_norm:
+                # The global norm: each server's squared norm, summed over the servers
+                # (bsp servers are in step; the config refuses clipping with several
+                # asynchronous servers, which would pair different pushes).
+                sq = sq_norm(grad)
+                if self.comm.Get_size() > 1:
+                    sq = self.comm.allreduce(sq)
+                grad *= grad.dtype.type(clip_factor(sq, cfg.optimizer.clip_norm))
             # Only this server sees the problem: not agreed, so the CLI aborts the job.
             check_finite(loss_sum / count, grad, step, lr, agreed=False)
             self.optimizer.step(self.theta, grad, lr)
@@ -329,11 +401,11 @@ class Server:
         self._repost(i)
 
     def _reply(self, i: int, stop: bool = False) -> None:
-        stop = stop or (self.mode == "bsp" and self.version >= self.plan.total)
+        stop = stop or self.interrupted or (self.mode == "bsp" and self.version >= self.plan.total)
         self.sends[i].Wait()   # the previous reply to this worker has been delivered
         out = self.outbox[i]
         out.ints[H_VERSION] = self.version
-        out.ints[H_FLAGS] = F_STOP if stop else 0
+        out.ints[H_FLAGS] = (F_STOP if stop else 0) | (F_INTERRUPTED if self.interrupted else 0)
         out.payload[:] = self.theta
         self.sends[i] = self.ctx.topo.world.Isend(out.spec, self.workers[i], TAG_REPLY)
         self.counters["bytes_sent"] += out.nbytes
@@ -364,3 +436,8 @@ class Server:
         if not self.warned:
             warn(text + f" (ps.stall_timeout = {ps.stall_timeout:g} s)", all_ranks=True)
             self.warned = True
+
+
+def _max_pair(a, b, _datatype=None):
+    """Element-wise max of two (stop, vote) pairs, for a pickled allreduce."""
+    return (a[0] or b[0], max(a[1], b[1]))
