@@ -1,0 +1,1 @@
+"""mpisgd benchmarks: speed and memory goals, measured (never asserted in unit tests)."""
