@@ -102,9 +102,19 @@ def commit(run_dir: Path, staging: Path, step: int, shards: list[dict], meta: di
     return final
 
 
+def _committed(run_dir: Path) -> list[Path]:
+    """Committed checkpoints, oldest written first.
+
+    Ordered by when they were written, not by step: after resuming from an older
+    checkpoint, the new timeline's checkpoints are the ones to keep and resume from.
+    """
+    paths = list(folder(run_dir).glob(f"{_PREFIX}*[0-9]"))
+    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
 def _prune(run_dir: Path, keep: int) -> None:
     """Keep the newest ``keep`` checkpoints; drop stale staging folders."""
-    done = sorted(folder(run_dir).glob(f"{_PREFIX}*[0-9]"))
+    done = _committed(run_dir)
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     for stale in folder(run_dir).glob(f".{_PREFIX}*.tmp-*"):
@@ -173,7 +183,7 @@ def find_latest(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
     """The newest checkpoint that verifies, and a warning for each newer one that did not."""
     warnings = [f"ignoring '{p.name}': a checkpoint write that never completed"
                 for p in folder(run_dir).glob(f".{_PREFIX}*.tmp-*")]
-    for candidate in sorted(folder(run_dir).glob(f"{_PREFIX}*[0-9]"), reverse=True):
+    for candidate in reversed(_committed(run_dir)):
         try:
             return load(candidate), warnings
         except CheckpointError as exc:

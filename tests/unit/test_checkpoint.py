@@ -75,3 +75,12 @@ def test_missing_manifest_and_other_model(tmp_path):
                                     n_params=10)
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["shards"][0]["sha256"]["theta"]
+
+
+def test_resuming_from_an_older_checkpoint_starts_a_new_timeline(tmp_path):
+    """Newest by write time, not by step: an older step written later is kept and wins."""
+    for step in (10, 20, 30, 15):
+        _write(tmp_path, step, [(0, 10)])
+    names = sorted(p.name for p in checkpoint.folder(tmp_path).iterdir())
+    assert names == ["step-000000015", "step-000000030"]
+    assert checkpoint.find_latest(tmp_path)[0].step == 15
