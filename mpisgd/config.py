@@ -128,6 +128,8 @@ class DataConfig:
     test_fraction: float = _f(0.2, Check("float", lo=0.0, hi=1.0, hi_open=True),
                               "share of train rows held out when data.test is empty")
     check_values: bool = _f(True, Check("bool"), "scan for NaN/Inf and bad labels at load")
+    folds: int = _f(0, INT0, "k-fold: split rows into this many folds (0: use test_fraction)")
+    fold: int = _f(0, INT0, "k-fold: the fold held out as the test set (0-based)")
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -177,6 +179,13 @@ class PSConfig:
 
 
 @dataclass
+class CommConfig:
+    allreduce: str = _f("auto", Check("choice", choices=("auto", "flat", "hierarchical")),
+                        "gradient reduction: flat MPI Allreduce, or node-local shared "
+                        "memory + leaders; auto picks by topology and size")
+
+
+@dataclass
 class CheckpointConfig:
     every_steps: int = _f(0, INT0, "write a checkpoint every N global steps (0: off)")
     every_seconds: float = _f(0.0, NONNEG, "... and/or every N seconds of training (0: off)")
@@ -211,6 +220,7 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ps: PSConfig = field(default_factory=PSConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
@@ -317,6 +327,11 @@ def validate(cfg: JobConfig) -> None:
                           "'bsp': the global norm sums every server's part of one step.")
     if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
         raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
+    if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):
+        raise ConfigError(f"data.folds must be 0 or at least 2, and data.fold below it; got "
+                          f"folds = {cfg.data.folds}, fold = {cfg.data.fold}.")
+    if cfg.data.folds and cfg.data.test:
+        raise ConfigError("data.folds holds out a fold of data.train; do not also set data.test.")
     if not 1 <= len(cfg.model.hidden) <= 3:
         raise ConfigError(f"The 'model.hidden' parameter must list 1 to 3 layer widths. "
                           f"Got {cfg.model.hidden} instead.")
