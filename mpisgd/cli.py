@@ -1,6 +1,9 @@
 """Command line: parse, run, and turn any failure on any rank into one clear ending.
 
-    python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] [--debug]
+    python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] [--resume auto|PATH]
+    python -m mpisgd solve JOB.toml ...        the exact least-squares (ridge) optimum
+    python -m mpisgd cv JOB.toml --folds K     k-fold cross-validation
+    python -m mpisgd eval MODEL.h5 --data PATH / predict MODEL.h5 --data PATH --out PRED.h5
     python -m mpisgd data {synth,convert,info} ...
     python -m mpisgd info
 
@@ -53,12 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(argv[1:])
     if argv and argv[0] == "info":
         return _info()
+    if argv and argv[0] in _COMMANDS:
+        return _collective(_COMMANDS[argv[0]], argv[1:])
     if argv and argv[0] == "train":
         argv = argv[1:]
-    return _train(argv)
+    return _collective(_train, argv)
 
 
-def _train(argv: list[str]) -> int:
+def _collective(command, argv: list[str]) -> int:
+    """Run ``command(argv)`` on every rank with the job's error discipline.
+
+    An agreed error is printed once by rank 0 and every rank exits with its code; any
+    other exception on any rank is printed by that rank and aborts the whole job.
+    """
     from .launch_env import tune_for_oversubscription
     from .paths import set_numba_cache_dir
 
@@ -69,15 +79,7 @@ def _train(argv: list[str]) -> int:
     debug = "--debug" in argv
     rank = MPI.COMM_WORLD.Get_rank()
     try:
-        args = _train_parser().parse_args(argv)
-        from .config import load_config
-
-        try:
-            cfg = load_config(args.job, args.overrides, out=args.out)
-        except ConfigError as exc:
-            exc.agreed = True  # every rank read the same file and flags: same verdict
-            raise
-        return _run_training(cfg, args.resume)
+        return command(argv)
     except MpisgdError as exc:
         if exc.agreed:
             if rank == 0:
@@ -100,6 +102,69 @@ def _train(argv: list[str]) -> int:
         traceback.print_exc()
         abort_job(f"{type(exc).__name__}: {exc}", 1)
     return 1  # not reached: abort_job does not return
+
+
+def _load(args):
+    from .config import load_config
+
+    try:
+        return load_config(args.job, args.overrides, out=args.out)
+    except ConfigError as exc:
+        exc.agreed = True  # every rank read the same file and flags: same verdict
+        raise
+
+
+def _train(argv: list[str]) -> int:
+    args = _train_parser().parse_args(argv)
+    return _run_training(_load(args), args.resume)
+
+
+def _solve(argv: list[str]) -> int:
+    """``mpisgd solve JOB.toml``: the exact least-squares (ridge) optimum, distributedly."""
+    args = _train_parser().parse_args(argv)
+    cfg = _load(args)
+    from .comm import bcast_value, make_topology
+    from .evaluation import evaluate, objective
+    from .log import say
+    from .oracle import solve
+    from .runfolder import write_oracle
+    from .train import prepare
+
+    topo = make_topology()
+    ctx = prepare(cfg, topo)
+    theta = solve(ctx)
+    result = {"train_objective": objective(ctx, theta), "n_train": ctx.n_train,
+              "train_data": ctx.info.path}
+    if ctx.n_test:
+        result["test"] = evaluate(ctx, theta)
+    path = bcast_value(topo.world, lambda: write_oracle(ctx.run_dir, theta, result))
+    test = result.get("test", {})
+    say(f"mpisgd: exact optimum: train objective {result['train_objective']:.6g}"
+        + (f", test mse {test['mse']:.6g}, r2 {test['r2']:.6g}" if test else "")
+        + f"; written to {path}")
+    topo.free()
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    from .predict import eval_main
+
+    return eval_main(argv)
+
+
+def _predict(argv: list[str]) -> int:
+    from .predict import predict_main
+
+    return predict_main(argv)
+
+
+def _cv(argv: list[str]) -> int:
+    from .cv import main as cv_main
+
+    return cv_main(argv)
+
+
+_COMMANDS = {"solve": _solve, "eval": _eval, "predict": _predict, "cv": _cv}
 
 
 def _run_training(cfg, resume: str | None) -> int:

@@ -105,6 +105,8 @@ SCHEDULES = ("constant", "invscaling", "step", "cosine")
 class ModelConfig:
     name: str = _f("linear", Check("choice", choices=MODEL_NAMES), "model family")
     l2: float = _f(0.0, NONNEG, "L2 penalty 0.5*l2*sum(w**2) on weights, not biases")
+    l1: float = _f(0.0, NONNEG, "L1 penalty l1*sum(abs(w)) on weights (a proximal step); "
+                                "with l2: elastic net")
     hidden: list = _f([64], Check("int_list"), "mlp: hidden layer widths (1 to 3 layers)")
     activation: str = _f("relu", Check("choice", choices=("relu", "tanh")), "mlp: activation")
 
@@ -160,6 +162,10 @@ class TrainConfig:
     shuffle: bool = _f(True, Check("bool"), "reshuffle the rows every epoch")
     max_steps: int = _f(0, INT0, "stop after this many steps (0: no limit)")
     log_every: int = _f(0, INT0, "also log every N steps (0: once per epoch)")
+    patience: int = _f(0, INT0, "early stopping: stop after this many epochs without a "
+                                "better held-out loss (0: off; allreduce mode)")
+    oracle: bool = _f(True, Check("bool"), "linear models: report the gap to the exact "
+                                         "least-squares (ridge) optimum")
     measure_wait: bool = _f(False, Check("bool"),
                             "barrier before each reduction to split waiting from communication")
 
@@ -325,6 +331,9 @@ def validate(cfg: JobConfig) -> None:
             and cfg.ps.consistency != "bsp"):
         raise ConfigError("optimizer.clip_norm with several servers needs ps.consistency = "
                           "'bsp': the global norm sums every server's part of one step.")
+    if cfg.train.patience and cfg.mode == "ps":
+        raise ConfigError("train.patience (early stopping) needs per-epoch held-out "
+                          "metrics, which mode = 'ps' does not compute; use allreduce.")
     if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
         raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
     if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):

@@ -12,8 +12,8 @@ import numpy as np
 from mpi4py import MPI
 
 from . import kernels
-from .metrics import (classification_sums, finish_classification, finish_regression,
-                      regression_sums)
+from .metrics import (classification_sums, classification_width, finish_classification,
+                      finish_regression, regression_sums)
 
 _EVAL_BLOCK = 65536  # rows per prediction block: bounded memory for any test size
 
@@ -23,7 +23,7 @@ def evaluate(ctx, theta: np.ndarray) -> dict:
     t0 = time.perf_counter()
     rows = ctx.test_rows
     task_regression = ctx.spec.task == "regression"
-    width = 5 if task_regression else ctx.n_classes * ctx.n_classes + 1
+    width = 5 if task_regression else classification_width(ctx.n_classes)
     sums = np.zeros(width, dtype=np.float64)
     for start in range(0, rows.size, _EVAL_BLOCK):
         block = rows[start:start + _EVAL_BLOCK]
@@ -33,7 +33,7 @@ def evaluate(ctx, theta: np.ndarray) -> dict:
         if task_regression:
             sums += regression_sums(pred, yb)
         else:
-            sums += classification_sums(pred, yb, ctx.n_classes)
+            sums += classification_sums(pred, yb, ctx.n_classes, auc=True)
     ctx.topo.world.Allreduce(MPI.IN_PLACE, sums)
     ctx.timers["eval"] += time.perf_counter() - t0
     if task_regression:
@@ -42,13 +42,14 @@ def evaluate(ctx, theta: np.ndarray) -> dict:
 
 
 def objective(ctx, theta: np.ndarray) -> float:
-    """Collective: the full training objective (mean loss + L2 term) at ``theta``."""
+    """Collective: the full training objective (mean loss + L2 + L1 terms) at ``theta``."""
     grad = np.empty_like(theta)
     total = np.array([kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, ctx.train_rows, theta,
                                               grad)])
     ctx.topo.world.Allreduce(MPI.IN_PLACE, total)
-    w = theta[ctx.l2_mask]
-    return float(total[0] / ctx.n_train + 0.5 * ctx.cfg.model.l2 * float(w @ w))
+    w = theta[ctx.l2_mask].astype(np.float64)
+    m = ctx.cfg.model
+    return float(total[0] / ctx.n_train + 0.5 * m.l2 * float(w @ w) + m.l1 * np.abs(w).sum())
 
 
 def truth_distance(ctx, theta: np.ndarray) -> dict:

@@ -319,3 +319,14 @@ def clip_factor(sq_norm_total: float, clip_norm: float) -> float:
             f"The 'sq_norm_total' parameter must be a sum of squares >= 0. Got {sq!r} instead."
         )
     return min(1.0, clip_norm / (math.sqrt(sq) + _CLIP_EPS))
+
+
+def soft_threshold(theta: np.ndarray, threshold: float, mask: np.ndarray) -> None:
+    """The L1 proximal step on the masked weights, in place: shrink toward 0 by ``threshold``.
+
+    Applied after the optimizer step with threshold = lr * l1 (proximal SGD, ISTA for
+    full-batch GD). Element-wise, so a parameter server applies it to its key range.
+    """
+    w = theta[mask]
+    np.copyto(w, np.sign(w) * np.maximum(np.abs(w) - w.dtype.type(threshold), 0))
+    theta[mask] = w

@@ -81,3 +81,19 @@ def write_model(run: Path, theta: np.ndarray, *, model: str, n_features: int,
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
     return path
+
+
+def write_oracle(run: Path, theta: np.ndarray, result: dict) -> Path:
+    """oracle.h5 (the exact optimum's theta) and oracle.json, atomically. Rank 0 only."""
+    path = run / "oracle.h5"
+    tmp = run / f".oracle.h5.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("theta", data=theta)
+            f.attrs.update(format="mpisgd-oracle", train_data=result["train_data"])
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
+    _atomic_write_text(run / "oracle.json", json.dumps(result, indent=2) + "\n")
+    return path

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from . import checkpoint, kernels, runfolder
+from . import checkpoint, kernels, oracle, runfolder
 from .comm import Topology, agree, agreed_call, bcast_value
 from .comm.roles import Roles, assign_roles
 from .config import JobConfig
@@ -148,7 +148,13 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
         train_rows = np.arange(hi - lo, dtype=np.int64)
         test_rows = np.arange(thi - tlo, dtype=np.int64)
     else:
-        held = holdout_mask(lo, hi, cfg.data.test_fraction, cfg.train.seed)
+        if cfg.data.folds:  # k-fold: the test rows are fold data.fold (stratified by class)
+            from .cv import fold_holdout
+
+            held = fold_holdout(world, info, lo, hi, y, cfg.data.folds, cfg.data.fold,
+                                cfg.train.seed)
+        else:
+            held = holdout_mask(lo, hi, cfg.data.test_fraction, cfg.train.seed)
         train_rows = np.flatnonzero(~held).astype(np.int64)
         test_rows = np.flatnonzero(held).astype(np.int64)
         test_X, test_y = X, y
@@ -259,6 +265,8 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None) -> dict:
     if ctx.n_test:
         final["test"] = evaluate(ctx, theta)
     final.update(truth_distance(ctx, theta))
+    if cfg.train.oracle and oracle.available(ctx):
+        final["oracle"] = oracle_report(ctx, final)
     wall = time.perf_counter() - t_start
     t = ctx.timers
     slowest = topo.world.allreduce(t["compute"] + t["comm"], op=MPI.MAX)
@@ -287,6 +295,17 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None) -> dict:
     return summary
 
 
+def oracle_report(ctx: Context, final: dict) -> dict:
+    """Collective: the exact optimum's objective and test MSE, and this run's gap to it."""
+    best = oracle.solve(ctx)
+    report = {"train_objective": objective(ctx, best)}
+    report["objective_gap"] = final["train_objective"] - report["train_objective"]
+    if ctx.n_test:
+        report["test_mse"] = evaluate(ctx, best)["mse"]
+        report["test_mse_rel_gap"] = final["test"]["mse"] / report["test_mse"] - 1.0
+    return report
+
+
 def _print_final(s: dict, model_path: Path | None) -> None:
     parts = [f"done in {s['wall_time_s']:.2f} s", f"{s['samples_per_s']:,.0f} samples/s",
              f"train objective {s['train_objective']:.6g}"]
@@ -296,6 +315,10 @@ def _print_final(s: dict, model_path: Path | None) -> None:
             parts.append(f"test {key} {test[key]:.6g}")
     if "weight_rel_error" in s:
         parts.append(f"|w - w_true|/|w_true| {s['weight_rel_error']:.3g}")
+    if "oracle" in s:
+        o = s["oracle"]
+        parts.append(f"gap to the exact optimum: objective {o['objective_gap']:.3g}"
+                     + (f", test MSE {100 * o['test_mse_rel_gap']:+.3f}%" if "test_mse" in o else ""))
     say("mpisgd: " + ", ".join(parts))
     if model_path is not None:
         say(f"mpisgd: model written to {model_path}")

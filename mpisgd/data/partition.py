@@ -82,3 +82,72 @@ def local_schedule(perm: np.ndarray, first: int, count: int,
     offsets = np.zeros(n_steps + 1, dtype=np.int64)
     np.cumsum(np.bincount(step, minlength=n_steps), out=offsets[1:])
     return order, offsets
+
+
+def fold_of(lo: int, hi: int, folds: int, seed: int, labels: np.ndarray | None = None,
+            before: np.ndarray | None = None) -> np.ndarray:
+    """The k-fold fold (0..folds-1, int64) of each global row in [lo, hi).
+
+    Rows are cut into consecutive groups of ``folds`` rows (rows [g*folds, (g+1)*folds));
+    the rows of a group go to distinct folds, in the order of a hash of (seed, row). So
+    each rank decides for its own rows with no global array, the result does not depend
+    on the world size, and the folds' sizes differ by at most one row (a plain hash per
+    row, like ``holdout_mask``, would leave them binomially unequal).
+
+    Stratified (classification): pass ``labels`` (int labels of rows [lo, hi)) and
+    ``before`` (``before[c]`` = number of class-c rows in [0, lo), one entry per class;
+    an exclusive scan of the ranks' class counts gives it). Then the same grouping runs
+    along each class's own sequence of rows, with a hash stream per class, so every fold
+    holds floor or ceil of n_c / folds rows of every class c: exact stratification with
+    one small scan instead of gathered labels. Still a function of (seed, global row,
+    labels), never of the world size. Raises ValueError for inconsistent arguments or a
+    label outside 0..len(before)-1.
+    """
+    if not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"The 'folds' argument of fold_of must be an int >= 2. "
+                         f"Got {folds!r} instead.")
+    if not 0 <= lo <= hi:
+        raise ValueError(f"fold_of needs 0 <= lo <= hi; got lo={lo}, hi={hi}.")
+    if labels is None:
+        return _group_folds(lo, hi, int(folds), _fold_key(seed, 0))
+    labels = np.asarray(labels)
+    before = np.asarray(before if before is not None else (), dtype=np.int64).reshape(-1)
+    if labels.shape != (hi - lo,) or before.size == 0:
+        raise ValueError(f"fold_of needs labels of shape ({hi - lo},) and 'before' with one "
+                         f"count per class; got labels {labels.shape}, before {before.shape}.")
+    n_classes = before.size
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"fold_of: labels must be 0..{n_classes - 1}; found "
+                         f"{labels.min()}..{labels.max()}.")
+    out = np.empty(hi - lo, dtype=np.int64)
+    # A stable sort by label keeps each class's rows in row order, i.e. in the order
+    # of their class's sequence.
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n_classes + 1))
+    for c in np.flatnonzero(np.diff(bounds)):
+        rows = order[bounds[c]:bounds[c + 1]]
+        first = int(before[c])
+        out[rows] = _group_folds(first, first + rows.size, int(folds), _fold_key(seed, c + 1))
+    return out
+
+
+def _fold_key(seed: int, stream: int) -> np.uint64:
+    """Hash key of one fold stream (0: unstratified, c+1: class c), unrelated to
+    holdout_mask's key so that folds and a held-out fraction do not correlate."""
+    base = _splitmix64(np.array([seed], dtype=np.uint64))[0] ^ np.uint64(0x666F6C64)
+    return _splitmix64(np.array([base + np.uint64(stream)], dtype=np.uint64))[0]
+
+
+def _group_folds(a: int, b: int, folds: int, key: np.uint64) -> np.ndarray:
+    """Folds of sequence positions [a, b): the positions of each group of ``folds`` take
+    folds 0..folds-1 in the order of their hashes (a uniform random permutation per
+    group). Computed over the whole groups that [a, b) touches, then cut to [a, b)."""
+    if b <= a:
+        return np.empty(0, dtype=np.int64)
+    g0, g1 = a // folds, -(-b // folds)
+    pos = np.arange(g0 * folds, g1 * folds, dtype=np.uint64)
+    h = _splitmix64(pos ^ key).reshape(g1 - g0, folds)
+    order = np.argsort(h, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(folds), order.shape), axis=1)
+    return rank.reshape(-1)[a - g0 * folds:b - g0 * folds]

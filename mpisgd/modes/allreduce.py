@@ -18,9 +18,9 @@ from ..comm.reduce import BufferAllreduce
 from ..errors import Interrupted
 from ..evaluation import evaluate
 from ..log import say
-from ..optim import clip_factor, learning_rate, make_optimizer, sq_norm
+from ..optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
 from ..progress import Progress
-from .common import Hooks, Saver, StepPlan, check_finite, finish_gradient
+from .common import EarlyStopping, Hooks, Saver, StepPlan, check_finite, finish_gradient
 
 
 def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = None) -> dict:
@@ -44,6 +44,7 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     measure_wait = cfg.train.measure_wait and world.Get_size() > 1
     hooks = Hooks(cfg.debug, ctx.topo.rank)
     saver = Saver(ctx)
+    stopper = EarlyStopping(cfg.train.patience)
     trace = {} if cfg.debug.trace_rows else None
     progress = Progress(cfg.output.progress, total, ctx.topo.rank == 0)
     timers = ctx.timers
@@ -79,6 +80,8 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
         # summation order, so every rank raises here together: no hang.
         check_finite(loss, grad, step, lr)
         optimizer.step(theta, grad, lr)
+        if cfg.model.l1:
+            soft_threshold(theta, lr * cfg.model.l1, ctx.l2_mask)
         t3 = time.perf_counter()
         timers["compute"] += (t1 - t0) + (t3 - t2)
         timers["comm"] += t2 - t1
@@ -98,6 +101,11 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
             _log(ctx, record)
             progress.epoch_line(record, cfg.train.epochs)
             loss_sum, epoch_rows, t_epoch = 0.0, 0, time.perf_counter()
+            if stopper.should_stop(record.get("test")):   # same metrics on every rank
+                say(f"mpisgd: early stop after epoch {epoch + 1}: no better held-out "
+                    f"{stopper.metric} for {cfg.train.patience} epochs (best "
+                    f"{stopper.best:.6g} at epoch {stopper.best_epoch})")
+                break
         stop = buf[P + 3] > 0
         if stop or saver.due(step, buf[P + 2] > 0) or (step == total and saver.enabled
                                                       and cfg.checkpoint.final):

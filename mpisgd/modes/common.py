@@ -181,3 +181,26 @@ def _steps_per_epoch(ctx) -> int:
     t = ctx.cfg.train
     batch = min(t.batch_size or ctx.n_train, ctx.n_train)
     return steps_per_epoch(ctx.n_train, batch)
+
+
+class EarlyStopping:
+    """Stop when the held-out loss (MSE, or log-loss) has not improved for ``patience``
+    epochs. Fed the metrics every rank computed from the same reduced sums, so every
+    rank decides alike."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = float("inf")
+        self.best_epoch = 0
+        self.epochs = 0
+        self.metric = ""
+
+    def should_stop(self, test: dict | None) -> bool:
+        self.epochs += 1
+        if not self.patience or not test:
+            return False
+        self.metric = "mse" if "mse" in test else "log_loss"
+        value = test[self.metric]
+        if value < self.best:
+            self.best, self.best_epoch = value, self.epochs
+        return self.epochs - self.best_epoch >= self.patience

@@ -32,7 +32,7 @@ from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_SIGNAL, F_STOP, H_BASE, H_COUNT
 from ..errors import Interrupted
 from ..comm.roles import key_range
 from ..log import say, warn
-from ..optim import clip_factor, learning_rate, make_optimizer, sq_norm
+from ..optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
 from ..progress import Progress
 from .allreduce import make_plan, write_trace
 from .common import Hooks, Saver, check_finite, finish_gradient
@@ -370,6 +370,8 @@ class Server:
             # Only this server sees the problem: not agreed, so the CLI aborts the job.
             check_finite(loss_sum / count, grad, step, lr, agreed=False)
             self.optimizer.step(self.theta, grad, lr)
+            if cfg.model.l1:
+                soft_threshold(self.theta, lr * cfg.model.l1, self.mask)
             self.counters["updates"] += 1
             self.samples += count
         if self.mode == "bsp" or count > 0:

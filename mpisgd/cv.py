@@ -1,0 +1,185 @@
+"""``mpisgd cv``: k-fold cross-validation of a job, and the k-fold held-out split.
+
+    python -m mpisgd cv [JOB.toml] --folds K [--set key=value ...] [--out DIR]
+
+Every rank trains fold 0, then fold 1, ... (``train.run`` with ``data.folds = K``,
+``data.fold = k``, run folder ``DIR/fold-k``); rank 0 prints each fold's test metrics
+and their mean +- sample std and writes ``DIR/cv.json``.
+
+Folds run one after another on the whole world rather than side by side on groups of
+ranks: each fold then gets every rank (the job's parallel efficiency is what the user
+tuned, and K need not divide the world size), the training code runs unchanged on the
+world communicator, an error ends the whole job the usual way, and the folds' results
+do not depend on how ranks were grouped. Side by side would only win when one fold
+cannot use the whole machine, which is the case a smaller world fixes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from .comm import Topology, agreed_call, bcast_value
+from .config import JobConfig, load_config, validate
+from .data import DatasetInfo
+from .data.partition import fold_of
+from .errors import ConfigError, DataError, OutputError
+from .log import say
+from .predict import ArgParser, format_metrics, write_json
+
+USAGE = ("python -m mpisgd cv [JOB.toml] --folds K [--set key=value ...] [--out DIR] "
+         "[--debug]")
+DEFAULT_FOLDS = 5
+
+
+def fold_holdout(comm: MPI.Intracomm, info: DatasetInfo, lo: int, hi: int, y: np.ndarray,
+                 folds: int, fold: int, seed: int) -> np.ndarray:
+    """Collective over ``comm`` (every rank; a rank without rows passes lo == hi): True
+    for the rows of this rank's block [lo, hi) of ``info`` that are in test fold ``fold``.
+
+    Classification folds are stratified (see ``partition.fold_of``): one Exscan of the
+    ranks' per-class row counts tells each rank how many rows of each class precede its
+    block. That needs the blocks to lie in rank order, as ``train.prepare`` places them.
+    """
+    if info.task == "regression":
+        return agreed_call(comm, _folds, info, lo, hi, folds, seed, None, None) == fold
+    c = info.n_classes
+    valid = y[(y >= 0) & (y < c)]  # a count vector of the same length on every rank
+    counts = np.bincount(valid, minlength=c).astype(np.int64)
+    before = np.zeros(c, dtype=np.int64)
+    comm.Exscan(counts, before)
+    if comm.Get_rank() == 0:  # Exscan leaves rank 0's result undefined
+        before[:] = 0
+    return agreed_call(comm, _folds, info, lo, hi, folds, seed, y, before) == fold
+
+
+def _folds(info, lo, hi, folds, seed, y, before) -> np.ndarray:
+    """fold_of with its ValueError turned into a DataError naming the data; local."""
+    try:
+        return fold_of(lo, hi, folds, seed, y, before)
+    except ValueError as exc:
+        raise DataError(f"cannot split rows [{lo}, {hi}) of '{info.path}' into folds: "
+                        f"{exc}") from None
+
+
+def _parser() -> ArgParser:
+    p = ArgParser(prog="mpisgd cv", usage=USAGE,
+                  description="k-fold cross-validation: train and test every fold in turn.")
+    p.add_argument("job", nargs="?", help="job file (TOML); default: the built-in example")
+    p.add_argument("--folds", type=int, help=f"number of folds K >= 2 (default: the job's "
+                   f"data.folds if set, else {DEFAULT_FOLDS})")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a job key, e.g. optimizer.lr=0.05")
+    p.add_argument("--out", help="cv folder: fold-k/ run folders and cv.json (default: the "
+                   "job's output.dir, else a new folder under runs/)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``mpisgd cv``: every rank runs it (collective over the world)."""
+    from . import signals
+    from .comm import make_topology
+    from .train import rank_threads
+
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.job, args.overrides)
+        folds = args.folds if args.folds is not None else (cfg.data.folds or DEFAULT_FOLDS)
+        if folds < 2:
+            raise ConfigError(f"--folds must be at least 2; got {folds}.")
+        cfg.data.folds, cfg.data.fold = folds, 0
+        validate(cfg)  # e.g. data.test set: the folds are cut from data.train alone
+    except ConfigError as exc:
+        exc.agreed = True  # every rank read the same file and flags: same verdict
+        raise
+    signals.install()
+    topo = make_topology()
+    with rank_threads(topo):
+        run_cv(cfg, topo, args.out or cfg.output.dir or None)
+    topo.free()
+    return 0
+
+
+def _make_root(cfg: JobConfig, out: str | None) -> Path:
+    """Rank 0: create (or reuse) the cv folder and prove it is writable."""
+    if out:
+        root = Path(out).expanduser()
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        root = Path("runs") / f"{stamp}-{cfg.name}-cv-{secrets.token_hex(2)}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{secrets.token_hex(4)}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output folder '{root}' is not writable: "
+                          f"{exc.strerror or exc}.") from None
+    return root.resolve()
+
+
+def run_cv(cfg: JobConfig, topo: Topology, out: str | None = None) -> dict:
+    """Collective over the world: train and test each of ``cfg.data.folds`` folds in
+    turn; returns the record written to cv.json (the same on every rank)."""
+    from .train import run
+
+    folds = cfg.data.folds
+    root = bcast_value(topo.world, lambda: _make_root(cfg, out))
+    per_fold = []
+    for k in range(folds):
+        fold_cfg = copy.deepcopy(cfg)
+        fold_cfg.data.fold = k
+        fold_cfg.output.dir = str(root / f"fold-{k}")
+        say(f"mpisgd cv: fold {k} of {folds}: training on the other {folds - 1} fold(s)")
+        s = run(fold_cfg, topo)
+        test = s.get("test", {})
+        per_fold.append({"fold": k, "run_dir": s["run_dir"], "n_train": s["n_train"],
+                         "n_test": s["n_test"], "train_objective": s["train_objective"],
+                         "test": test})
+        say(f"mpisgd cv: fold {k}: {s['n_test']} test rows, "
+            f"{format_metrics(test) or 'no test metrics'}")
+    mean, std = summarize([f["test"] for f in per_fold])
+    pm = _plus_minus()
+    say(f"mpisgd cv: {folds} folds, mean {pm} std: "
+        + ", ".join(f"{k} {mean[k]:.6g} {pm} {std[k]:.3g}" for k in mean))
+    record = {"job": cfg.name, "folds": folds, "seed": cfg.train.seed,
+              "world_size": topo.size, "mode": cfg.mode, "model": cfg.model.name,
+              "per_fold": per_fold, "mean": mean, "std": std}
+    path = root / "cv.json"
+    bcast_value(topo.world, lambda: write_json(path, record))
+    say(f"mpisgd cv: results written to {path}")
+    return record
+
+
+def summarize(tests: list[dict]) -> tuple[dict, dict]:
+    """Mean and sample standard deviation (ddof = 1) over folds of every scalar metric
+    (not ``n``, not per-class lists); a metric missing or NaN in a fold is left out
+    of that metric's statistics."""
+    names = [k for t in tests for k, v in t.items()
+             if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    mean, std = {}, {}
+    for name in dict.fromkeys(names):
+        values = np.array([t[name] for t in tests if name in t], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            continue
+        mean[name] = float(values.mean())
+        std[name] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+    return mean, std
+
+
+def _plus_minus() -> str:
+    """'±' where stdout can encode it, else '+/-'."""
+    try:
+        "±".encode(sys.stdout.encoding or "ascii")
+        return "±"
+    except (UnicodeEncodeError, LookupError):
+        return "+/-"

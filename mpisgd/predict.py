@@ -1,0 +1,419 @@
+"""``mpisgd eval`` and ``mpisgd predict``: score or apply a trained model.h5, distributed.
+
+    python -m mpisgd eval MODEL.h5 --data PATH [--out metrics.json]
+    python -m mpisgd predict MODEL.h5 --data PATH --out PRED.h5
+
+Every rank takes a contiguous block of the dataset's rows (``block_range``) and streams
+it in bounded blocks; nobody reads the whole file. ``eval`` reduces metric sums (one
+Allreduce), so no row is gathered. ``predict`` writes one HDF5 file; see
+:func:`predict_file` for how the ranks take turns writing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+from mpi4py import MPI
+
+from . import __version__, kernels
+from .comm import Topology, agree, agreed_call, bcast_value
+from .data import DatasetInfo, check_values, iter_blocks, open_dataset
+from .data.format import default_block_rows
+from .data.partition import block_range
+from .errors import ConfigError, DataError, MpisgdError, OutputError
+from .log import say
+from .metrics import (classification_sums, classification_width, finish_classification,
+                      finish_regression, regression_sums)
+
+MODEL_FORMAT = "mpisgd-model"
+PRED_FORMAT = "mpisgd-predictions"
+# Rows per prediction block: bounds the memory of X and of the model's activations.
+BLOCK_ROWS = 65536
+# Predictions a rank computes ahead, before its turn to write comes (see predict_file).
+AHEAD_BYTES = 64 << 20
+_TOKEN_TAG = 7301
+
+EVAL_USAGE = "python -m mpisgd eval MODEL.h5 --data PATH [--out metrics.json] [--debug]"
+PREDICT_USAGE = "python -m mpisgd predict MODEL.h5 --data PATH --out PRED.h5 [--debug]"
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse that raises an agreed ConfigError (every rank parses the same argv)
+    instead of printing usage on every rank and exiting."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (usage: {self.usage})", agreed=True)
+
+
+# ---------------------------------------------------------------------------------
+# The model file.
+
+@dataclass
+class Model:
+    """A trained model read from model.h5: its kernel spec, parameters and the task and
+    class count of the data it was trained on."""
+
+    path: str
+    spec: kernels.ModelSpec
+    theta: np.ndarray
+    task: str
+    n_classes: int
+
+
+def _text(value):
+    """An HDF5 string attribute as str (h5py may return bytes); other values unchanged."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _not_a_model(path: str, why: str) -> DataError:
+    return DataError(f"'{path}' is not an mpisgd model: {why}; expected the model.h5 that "
+                     f"training writes into its run folder.")
+
+
+def load_model(path: str) -> Model:
+    """Read and validate model.h5 (a run folder holding one is accepted too). Any rank;
+    raises DataError naming the file."""
+    p = Path(path)
+    if p.is_dir() and (p / "model.h5").is_file():
+        p = p / "model.h5"
+    if not p.exists():
+        raise DataError(f"model file '{p}' does not exist; expected the model.h5 of a run "
+                        f"folder.")
+    try:
+        with h5py.File(p, "r", locking=False) as f:
+            attrs = dict(f.attrs)
+            theta = f["theta"][...] if isinstance(f.get("theta"), h5py.Dataset) else None
+    except OSError as exc:
+        raise _not_a_model(str(p), f"not a readable HDF5 file ({exc})") from None
+    fmt = _text(attrs.get("format"))
+    if fmt != MODEL_FORMAT:
+        raise _not_a_model(str(p), f"attribute format = {fmt!r}, not '{MODEL_FORMAT}'")
+    missing = [k for k in ("model", "n_features", "n_classes", "task") if k not in attrs]
+    if missing or theta is None:
+        raise _not_a_model(str(p), "missing " + ", ".join(missing or ["dataset 'theta'"]))
+    name, task = str(_text(attrs["model"])), str(_text(attrs["task"]))
+    n_features, n_classes = int(attrs["n_features"]), int(attrs["n_classes"])
+    try:
+        if name == "mlp":
+            # hidden widths and activation live only in the resolved job saved with it.
+            model_cfg = tomllib.loads(_text(attrs.get("config", "")))["model"]
+            spec = kernels.ModelSpec("mlp", n_features, n_classes,
+                                     tuple(model_cfg["hidden"]), model_cfg["activation"], task)
+        else:
+            spec = kernels.ModelSpec(name, n_features, n_classes)
+    except (MpisgdError, ValueError, KeyError, TypeError) as exc:
+        raise _not_a_model(str(p), f"its attributes do not describe a model ({exc})") from None
+    size = kernels.spec_n_params(spec)
+    if theta.ndim != 1 or theta.size != size or theta.dtype.kind != "f":
+        raise _not_a_model(str(p), f"theta has shape {theta.shape} and dtype {theta.dtype}; "
+                           f"a {name} model of {n_features} features needs {size} floats")
+    return Model(path=str(p.resolve()), spec=spec, theta=theta, task=task,
+                 n_classes=n_classes)
+
+
+def check_data(model: Model, info: DatasetInfo, labels: bool) -> None:
+    """The dataset fits the model: same features; with ``labels`` also the same task and
+    classes. Identical on every rank; raises DataError."""
+    nf = model.spec.n_features
+    if info.n_features != nf:
+        raise DataError(f"data '{info.path}' has {info.n_features} features but model "
+                        f"'{model.path}' was trained on {nf}; give data with the training "
+                        f"data's columns.")
+    if labels and (info.task, info.n_classes) != (model.task, model.n_classes):
+        raise DataError(f"data '{info.path}' is a {info.task} task with {info.n_classes} "
+                        f"classes but model '{model.path}' was trained on a {model.task} "
+                        f"task with {model.n_classes}; metrics need labels of the same kind.")
+
+
+def _predict_blocks(model: Model, info: DatasetInfo, lo: int, hi: int,
+                    check: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, y, model output) per bounded block of rows [lo, hi); local, no MPI.
+
+    The output is in the data's dtype: theta is cast to it (exact from float32 up).
+    """
+    theta = model.theta.astype(info.dtype, copy=False)
+    rows = min(BLOCK_ROWS, default_block_rows(info.n_features, info.dtype.itemsize))
+    for first, X, y in iter_blocks(info, lo, hi, rows):
+        if check:
+            check_values(X, y, info, where=f"rows [{first}, {first + len(y)}) of "
+                                           f"'{info.path}'", first_row=first)
+        yield first, y, kernels.spec_predict(model.spec, X, theta)
+
+
+def _warm_up(topo: Topology, model: Model, info: DatasetInfo) -> None:
+    """Collective: compile the predict kernel on one rank per node, then the others load
+    numba's cache (ranks compiling at once on shared cores take ranks times as long)."""
+    theta = model.theta.astype(info.dtype)
+    X = np.zeros((1, info.n_features), dtype=info.dtype)
+    for turn in (0, 1):
+        error = None
+        if (topo.local_rank == 0) == (turn == 0):
+            try:
+                kernels.spec_predict(model.spec, X, theta)
+            except Exception as exc:  # noqa: BLE001 - agreed below
+                error = exc
+        agree(topo.world, error)
+
+
+def _open_inputs(topo: Topology, model_path: str, data_path: str,
+                 labels: bool) -> tuple[Model, DatasetInfo]:
+    """Collective: rank 0 reads the model (broadcast), every rank opens the data's
+    metadata; all problems are agreed."""
+    model = bcast_value(topo.world, lambda: load_model(model_path))
+    info = agreed_call(topo.world, open_dataset, data_path)
+    agreed_call(topo.world, check_data, model, info, labels)
+    _warm_up(topo, model, info)
+    return model, info
+
+
+# ---------------------------------------------------------------------------------
+# eval
+
+def _local_sums(model: Model, info: DatasetInfo, lo: int, hi: int) -> np.ndarray:
+    """This rank's metric sums over rows [lo, hi), values checked; local, no MPI."""
+    regression = model.task == "regression"
+    sums = np.zeros(5 if regression else classification_width(model.n_classes))
+    for _, y, out in _predict_blocks(model, info, lo, hi, check=True):
+        sums += (regression_sums(out, y) if regression
+                 else classification_sums(out, y, model.n_classes, auc=True))
+    return sums
+
+
+def evaluate_file(topo: Topology, model_path: str, data_path: str) -> dict:
+    """Collective over the world: metrics of the model on every row of the dataset.
+
+    Each rank scores its block; one Allreduce of the sums; same result on every rank.
+    """
+    world = topo.world
+    model, info = _open_inputs(topo, model_path, data_path, labels=True)
+    lo, hi = block_range(info.n_rows, topo.size, topo.rank)
+    sums = agreed_call(world, _local_sums, model, info, lo, hi)
+    world.Allreduce(MPI.IN_PLACE, sums)
+    metrics = (finish_regression(sums) if model.task == "regression"
+               else finish_classification(sums, model.n_classes))
+    return {"model": model.path, "data": info.path, "task": model.task,
+            "model_name": model.spec.name, "world_size": topo.size, "metrics": metrics}
+
+
+_SHOWN = ("mse", "rmse", "mae", "r2", "accuracy", "precision", "recall", "f1", "auc",
+          "log_loss")
+
+
+def format_metrics(metrics: dict) -> str:
+    """The scalar metrics as one line, e.g. ``accuracy 0.97, auc 0.99``."""
+    return ", ".join(f"{k} {metrics[k]:.6g}" for k in _SHOWN if k in metrics)
+
+
+def write_json(path: Path, record: dict) -> None:
+    """Atomically (temporary name, rename) write ``record`` as JSON. Rank 0 only."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
+
+
+def eval_main(argv: list[str]) -> int:
+    """``mpisgd eval``: every rank runs it (collective over the world)."""
+    p = ArgParser(prog="mpisgd eval", usage=EVAL_USAGE,
+                  description="Metrics of a trained model on a dataset, computed by all ranks.")
+    p.add_argument("model", help="model.h5 written by training (or its run folder)")
+    p.add_argument("--data", required=True, help="HDF5 shard file or folder with labels")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    args = p.parse_args(argv)
+    return _with_topology(lambda topo: _eval(topo, args))
+
+
+def _eval(topo: Topology, args) -> None:
+    """Collective over the world: evaluate, print on rank 0, rank 0 writes --out."""
+    t0 = time.perf_counter()
+    record = evaluate_file(topo, args.model, args.data)
+    m = record["metrics"]
+    say(f"mpisgd eval: {record['model']} on {record['data']}: {m['n']} rows, "
+        f"{topo.size} rank(s), {time.perf_counter() - t0:.2f} s")
+    say(f"mpisgd eval: {format_metrics(m)}")
+    if args.out:
+        out = Path(args.out).resolve()
+        bcast_value(topo.world, lambda: write_json(out, record))
+        say(f"mpisgd eval: metrics written to {out}")
+
+
+def _with_topology(body) -> int:
+    """Collective: run ``body(topo)`` with this rank's numba threads; free after."""
+    from .comm import make_topology
+    from .train import rank_threads
+
+    topo = make_topology()
+    with rank_threads(topo):
+        body(topo)
+    topo.free()
+    return 0
+
+
+# ---------------------------------------------------------------------------------
+# predict
+
+def _create_output(out: Path, model: Model, info: DatasetInfo) -> Path:
+    """Rank 0: the temporary prediction file with every dataset sized for all rows."""
+    if out.is_dir():
+        raise OutputError(f"--out '{out}' is a folder; expected a file name such as "
+                          f"'{out / 'pred.h5'}'.")
+    tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
+    n, task = info.n_rows, model.task
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with h5py.File(tmp, "w", locking=False) as f:
+            f.create_dataset("pred", shape=(n,),
+                             dtype=info.dtype if task == "regression" else np.int64)
+            if task != "regression":
+                outputs = model.spec.n_outputs
+                f.create_dataset("proba", shape=(n,) if outputs == 1 else (n, outputs),
+                                 dtype=info.dtype)
+            f.attrs.update(format=PRED_FORMAT, format_version=1, model=model.path,
+                           data=info.path, task=task, n_classes=model.n_classes,
+                           model_name=model.spec.name, n_rows=n,
+                           mpisgd_version=__version__)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write '{out}': {exc.strerror or exc}.") from None
+    return tmp
+
+
+def _labels(out: np.ndarray) -> np.ndarray:
+    """Class labels from model outputs: P(y=1) >= 0.5 for (n,), argmax for (n, C)."""
+    if out.ndim == 1:
+        return (out >= 0.5).astype(np.int64)
+    return np.argmax(out, axis=1).astype(np.int64)
+
+
+def _write(f: h5py.File, task: str, first: int, out: np.ndarray) -> None:
+    """Write one block of model outputs at global rows [first, ...); the token holder only."""
+    rows = slice(first, first + out.shape[0])
+    if task == "regression":
+        f["pred"][rows] = out
+    else:
+        f["pred"][rows] = _labels(out)
+        f["proba"][rows] = out
+
+
+def _wait_token(comm: MPI.Intracomm, source: int) -> bool:
+    """Ranks 1..size-1, each from ``source`` = rank - 1: receive the write token; True
+    if every rank before succeeded.
+
+    Polls with a growing sleep (up to 10 ms) instead of a blocking Recv: a rank may wait
+    for a long time while others write, and must not spin on a core they need.
+    """
+    buf = np.zeros(1, dtype=np.int8)
+    req = comm.Irecv(buf, source=source, tag=_TOKEN_TAG)
+    delay = 1e-4
+    while not req.Test():
+        time.sleep(delay)
+        delay = min(2 * delay, 0.01)
+    return bool(buf[0])
+
+
+def predict_file(topo: Topology, model_path: str, data_path: str, out_path: str) -> dict:
+    """Collective over the world: predictions for every row of the dataset in one file.
+
+    ``pred`` (n,) holds the regression value or the class label, ``proba`` the model's
+    class probabilities: (n,) P(y=1) for a one-output binary model, (n, C) otherwise.
+
+    h5py without MPI-IO cannot write one file from several processes at once, so the
+    ranks take turns in rank order, passing a token: rank 0 creates the file with every
+    dataset sized for all rows under a temporary name, then each rank in turn opens it,
+    writes its rows and closes it (close flushes, so the next rank, on any node, sees
+    the writes). While a rank waits for its turn it already reads its rows and keeps up
+    to AHEAD_BYTES of their predictions, so reading and computing run in parallel; only
+    the rows past that budget are read while holding the token. The token also carries failure:
+    a rank that failed passes "failed" on and the ranks after it skip writing; then all
+    agree on the error and rank 0 deletes the temporary file. On success rank 0 renames
+    it to ``out_path`` (atomic: never a partial file under that name).
+    """
+    world, rank, size = topo.world, topo.rank, topo.size
+    model, info = _open_inputs(topo, model_path, data_path, labels=False)
+    out = Path(out_path).resolve()
+    tmp = bcast_value(world, lambda: _create_output(out, model, info))
+    try:
+        lo, hi = block_range(info.n_rows, size, rank)
+        blocks = _predict_blocks(model, info, lo, hi, check=False)
+        ahead, error = [], None
+        try:
+            nbytes = 0
+            for first, _, pred in blocks:
+                ahead.append((first, pred))
+                nbytes += pred.nbytes
+                if nbytes >= AHEAD_BYTES:
+                    break
+        except Exception as exc:  # noqa: BLE001 - passed on with the token, agreed below
+            error = exc
+        upstream_ok = _wait_token(world, rank - 1) if rank > 0 else True
+        if upstream_ok and error is None and hi > lo:
+            try:
+                with h5py.File(tmp, "r+", locking=False) as f:
+                    for first, pred in ahead:
+                        _write(f, model.task, first, pred)
+                    ahead.clear()
+                    for first, _, pred in blocks:
+                        _write(f, model.task, first, pred)
+            except Exception as exc:  # noqa: BLE001 - passed on with the token, agreed below
+                error = exc
+        blocks.close()
+        if rank + 1 < size:
+            ok = np.array([upstream_ok and error is None], dtype=np.int8)
+            world.Send(ok, dest=rank + 1, tag=_TOKEN_TAG)
+        agree(world, error)
+        bcast_value(world, lambda: _publish(tmp, out))
+    except BaseException:
+        if rank == 0:
+            tmp.unlink(missing_ok=True)
+        raise
+    return {"model": model.path, "data": info.path, "out": str(out), "n_rows": info.n_rows,
+            "task": model.task}
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Rank 0: fsync the finished file and rename it into place."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{out}': {exc.strerror or exc}.") from None
+
+
+def predict_main(argv: list[str]) -> int:
+    """``mpisgd predict``: every rank runs it (collective over the world)."""
+    p = ArgParser(prog="mpisgd predict", usage=PREDICT_USAGE,
+                  description="Predictions of a trained model for every row of a dataset, "
+                              "written by all ranks into one HDF5 file.")
+    p.add_argument("model", help="model.h5 written by training (or its run folder)")
+    p.add_argument("--data", required=True, help="HDF5 shard file or folder")
+    p.add_argument("--out", required=True, help="the prediction file to write (HDF5)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
+    args = p.parse_args(argv)
+    return _with_topology(lambda topo: _predict(topo, args))
+
+
+def _predict(topo: Topology, args) -> None:
+    """Collective over the world: predict into --out; rank 0 reports."""
+    t0 = time.perf_counter()
+    r = predict_file(topo, args.model, args.data, args.out)
+    say(f"mpisgd predict: {r['n_rows']} predictions of {r['model']} on {r['data']} by "
+        f"{topo.size} rank(s) in {time.perf_counter() - t0:.2f} s, written to {r['out']}")
