@@ -25,6 +25,12 @@ def main() -> int:
         ("parameter server", [py, str(HERE / "ps.py"), *quick]),
         ("checkpoint", [py, str(HERE / "checkpoint.py"), *quick]),
     ]
+    try:  # PyTorch is a benchmark-only reference: compared with when installed
+        import torch  # noqa: F401
+
+        steps.append(("MLP vs PyTorch DDP", [py, str(HERE / "mlp_ddp.py"), *quick]))
+    except ImportError:
+        print("== MLP vs PyTorch DDP: skipped (pip install torch to compare)")
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     report = []
