@@ -82,8 +82,8 @@ def in_training(comm, topo, epochs: int):
     with contextlib.redirect_stdout(io.StringIO()), rank_threads(topo):
         summary = run(cfg, topo)
     steps = summary["steps"]
-    in_collective = summary["rank0_time_s"]["comm"] / steps
-    waiting = summary["rank0_time_s"]["wait"] / steps
+    in_collective = summary["cost"]["ranks"][0]["comm"] / steps
+    waiting = summary["cost"]["ranks"][0]["wait"] / steps
     buf = np.ones(summary["n_params"] + 2)
     bare = [per_call(lambda: comm.Allreduce(MPI.IN_PLACE, buf), 500, comm) for _ in range(5)]
     return {"steps": steps, "buffer_elements": buf.size, "in_training_s_per_step": in_collective,

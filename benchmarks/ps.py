@@ -104,7 +104,7 @@ def large_model(tmp: Path, repeats: int) -> dict:
         for k in (1, 2):
             s = run_job(3 + k, job + ["--set", f"ps.servers={k}"], tmp / f"big-{k}-{r}")
             per_step[k].append(s["train_time_s"] / s["steps"])
-            server[k].append(s["rank0_time_s"]["compute"] / s["steps"])
+            server[k].append(s["cost"]["ranks"][0]["compute"] / s["steps"])
     bw = p2p_bandwidth(4_000_040)
     n_bytes = 1_000_010 * 4
     p = 3

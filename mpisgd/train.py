@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from . import checkpoint, kernels, oracle, runfolder
+from . import checkpoint, cost, kernels, oracle, runfolder
 from .comm import Topology, agree, agreed_call, bcast_value
 from .comm.roles import Roles, assign_roles
 from .config import JobConfig
@@ -30,6 +30,7 @@ from .errors import ConfigError, DataError
 from .evaluation import evaluate, objective, truth_distance
 from .log import say, warn
 from .paths import cache_dir
+from .timeline import Timeline
 
 # Which dataset task each model can learn.
 _MODEL_TASKS = {"linear": ("regression",), "logistic": ("binary",),
@@ -64,8 +65,11 @@ class Context:
     dtype: np.dtype
     spec: kernels.ModelSpec
     l2_mask: np.ndarray
-    timers: dict = field(default_factory=lambda: {"compute": 0.0, "comm": 0.0, "wait": 0.0,
-                                                  "eval": 0.0, "io": 0.0, "checkpoint": 0.0})
+    timers: dict = field(default_factory=lambda: dict.fromkeys(cost.CATEGORIES, 0.0))
+    # this rank's traffic (logical payload) and the rows its gradient passes read
+    counters: dict = field(default_factory=lambda: {"bytes_sent": 0, "bytes_received": 0,
+                                                    "rows": 0})
+    timeline: Timeline = field(default_factory=lambda: Timeline(False))
 
 
 def synth_path(cfg: JobConfig) -> Path:
@@ -183,7 +187,7 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
                   model=cfg.model.name, n_features=info.n_features, n_classes=n_classes,
                   n_params=n_params, dtype=np.dtype(info.dtype),
                   spec=spec, l2_mask=kernels.spec_l2_mask(spec))
-    ctx.timers["io"] = io_time
+    ctx.timers["data"] = io_time
     _warm_up_kernels(ctx)
     return ctx
 
@@ -233,16 +237,21 @@ def _resume_point(ctx: Context, resume: str) -> dict | None:
                                           ckpt.manifest["servers"])}
 
 
-def run(cfg: JobConfig, topo: Topology, resume: str | None = None) -> dict:
+def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
+        timeline: str | None = None) -> dict:
     """Collective over the world: the whole training run; returns the summary.
 
     ``resume``: "auto" (the newest valid checkpoint of the run folder, if any) or a
-    checkpoint folder.
+    checkpoint folder. ``timeline``: write per-rank spans (Chrome trace) to this file.
     """
     from .modes import allreduce, ps
 
     t_start = time.perf_counter()
     ctx = prepare(cfg, topo)
+    ctx.timeline = Timeline(bool(timeline))
+    ctx.timeline.align(topo.world)   # the barrier waits for the slowest rank's setup
+    ctx.timers["setup"] = time.perf_counter() - t_start - ctx.timers["data"]
+    t_init = time.perf_counter()
     roles = (f" ({len(ctx.roles.servers)} server(s), {len(ctx.roles.workers)} worker(s), "
              f"{cfg.ps.consistency})" if cfg.mode == "ps" else "")
     say(f"mpisgd: {cfg.name}: {cfg.mode} mode{roles}, {topo.size} rank(s) on {topo.node_count} "
@@ -259,38 +268,54 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None) -> dict:
         mode, size, servers = point["from"]
         say(f"mpisgd: resuming at step {start} from {point['path']} (written in {mode} mode "
             f"by {size} rank(s), {servers} server(s))")
+    ctx.timers["setup"] += time.perf_counter() - t_init
     stats = (ps if cfg.mode == "ps" else allreduce).fit(ctx, theta, start, opt_state)
 
+    t_eval = time.perf_counter()
+    eval_before = ctx.timers["eval"]
     final = {"train_objective": objective(ctx, theta)}
     if ctx.n_test:
         final["test"] = evaluate(ctx, theta)
     final.update(truth_distance(ctx, theta))
     if cfg.train.oracle and oracle.available(ctx):
         final["oracle"] = oracle_report(ctx, final)
-    wall = time.perf_counter() - t_start
+    ctx.timers["eval"] = eval_before + time.perf_counter() - t_eval
+    ctx.timeline.add("eval", t_eval, time.perf_counter())
     t = ctx.timers
     slowest = topo.world.allreduce(t["compute"] + t["comm"], op=MPI.MAX)
     summary = {
         "job": cfg.name, "mode": cfg.mode, "model": cfg.model.name,
         "world_size": topo.size, "nodes": topo.node_count, "dtype": str(ctx.dtype),
         "n_train": ctx.n_train, "n_test": ctx.n_test, "n_features": ctx.n_features,
-        "n_params": ctx.n_params, **stats, "wall_time_s": wall,
+        "n_params": ctx.n_params, **stats, "wall_time_s": None,
         "samples_per_s": stats["samples"] / max(stats["train_time_s"], 1e-12),
-        "rank0_time_s": {k: round(v, 6) for k, v in t.items()},
         "slowest_rank_step_time_s": slowest, **final,
         "train_data": ctx.info.path, "test_data": cfg.data.test or None,
         "run_dir": str(ctx.run_dir),
     }
     model_path = ctx.run_dir / "model.h5"
 
-    def write_outputs():
-        if cfg.output.save_model:
-            runfolder.write_model(ctx.run_dir, theta, model=ctx.model,
-                                  n_features=ctx.n_features, n_classes=ctx.n_classes,
-                                  task=ctx.info.task, cfg=cfg)
-        runfolder.write_summary(ctx.run_dir, summary)
-
-    bcast_value(topo.world, write_outputs)
+    t_save = time.perf_counter()
+    if cfg.output.save_model:
+        bcast_value(topo.world, lambda: runfolder.write_model(
+            ctx.run_dir, theta, model=ctx.model, n_features=ctx.n_features,
+            n_classes=ctx.n_classes, task=ctx.info.task, cfg=cfg))
+    ctx.timers["checkpoint"] += time.perf_counter() - t_save
+    ctx.timeline.add("save", t_save, time.perf_counter())
+    if timeline:
+        t_tl = time.perf_counter()
+        ctx.timeline.write(topo.world, timeline)
+        ctx.timers["log"] += time.perf_counter() - t_tl
+    # The cost report closes the wall clock: everything above is inside some category.
+    wall = time.perf_counter() - t_start
+    summary["wall_time_s"] = wall
+    c = ctx.counters
+    ranks = topo.world.gather(cost.rank_report(ctx.timers, wall, topo.rank, c["bytes_sent"],
+                                               c["bytes_received"]) | {
+        "x_bytes_read": c["rows"] * ctx.n_features * ctx.dtype.itemsize}, root=0)
+    if topo.rank == 0:
+        summary["cost"] = cost.summarise(ranks, wall)
+    bcast_value(topo.world, lambda: runfolder.write_summary(ctx.run_dir, summary))
     _print_final(summary, model_path if cfg.output.save_model else None)
     return summary
 
@@ -320,6 +345,12 @@ def _print_final(s: dict, model_path: Path | None) -> None:
         parts.append(f"gap to the exact optimum: objective {o['objective_gap']:.3g}"
                      + (f", test MSE {100 * o['test_mse_rel_gap']:+.3f}%" if "test_mse" in o else ""))
     say("mpisgd: " + ", ".join(parts))
+    c = s.get("cost")
+    if c:
+        split = ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["mean_share"].items() if v >= 0.0005)
+        say(f"mpisgd: time split (mean over ranks): {split}; gradient kernel "
+            f"{c['kernel_read_GBps']:.2f} GB/s of X read vs {c['machine_read_GBps']:.1f} GB/s "
+            f"machine read bandwidth; {c['bytes_sent_total'] / 1e6:.1f} MB sent in all")
     if model_path is not None:
         say(f"mpisgd: model written to {model_path}")
     say(f"mpisgd: summary written to {Path(s['run_dir']) / 'summary.json'}")

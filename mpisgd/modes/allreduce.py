@@ -47,7 +47,7 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     stopper = EarlyStopping(cfg.train.patience)
     trace = {} if cfg.debug.trace_rows else None
     progress = Progress(cfg.output.progress, total, ctx.topo.rank == 0)
-    timers = ctx.timers
+    timers, counters, timeline = ctx.timers, ctx.counters, ctx.timeline
     samples = epoch_rows = 0
     loss_sum = 0.0
     t_train = t_epoch = time.perf_counter()
@@ -85,6 +85,11 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
         t3 = time.perf_counter()
         timers["compute"] += (t1 - t0) + (t3 - t2)
         timers["comm"] += t2 - t1
+        counters["rows"] += idx.size
+        if timeline.events is not None:
+            timeline.add("compute", t0, t1)
+            timeline.add("allreduce", t1, t2)
+            timeline.add("update", t2, t3)
         loss_sum += float(buf[P])
         epoch_rows += int(count)
         step += 1
@@ -99,7 +104,9 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
             if ctx.n_test:
                 record["test"] = evaluate(ctx, theta)
             _log(ctx, record)
+            t_line = time.perf_counter()
             progress.epoch_line(record, cfg.train.epochs)
+            timers["log"] += time.perf_counter() - t_line
             loss_sum, epoch_rows, t_epoch = 0.0, 0, time.perf_counter()
             if stopper.should_stop(record.get("test")):   # same metrics on every rank
                 say(f"mpisgd: early stop after epoch {epoch + 1}: no better held-out "
@@ -113,6 +120,7 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
             path = saver.save_replicated(step, theta, optimizer.state(),
                                          "signal" if stop else "periodic")
             timers["checkpoint"] += time.perf_counter() - t_ck
+            timeline.add("checkpoint", t_ck, time.perf_counter())
             if stop:
                 progress.close()
                 raise Interrupted(f"stopped by a signal after step {step}; checkpoint "
@@ -120,6 +128,9 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
                                   f"--out {ctx.run_dir} to continue.", agreed=True)
     progress.close()
     samples += epoch_rows
+    if world.Get_size() > 1:   # the logical payload each rank contributed and received
+        counters["bytes_sent"] += (step - start_step) * buf.nbytes
+        counters["bytes_received"] += (step - start_step) * buf.nbytes
     if trace is not None:
         write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
     return {"epochs": -(-step // spe), "steps": step, "steps_per_epoch": spe,
@@ -136,6 +147,14 @@ def make_plan(ctx) -> StepPlan:
 
 def _log(ctx, record: dict) -> None:
     """Collective: rank 0 appends to metrics.jsonl; a write error is agreed."""
+    t0 = time.perf_counter()
+    try:
+        _append_agreed(ctx, record)
+    finally:
+        ctx.timers["log"] += time.perf_counter() - t0
+
+
+def _append_agreed(ctx, record: dict) -> None:
     error = None
     if ctx.topo.rank == 0:
         try:

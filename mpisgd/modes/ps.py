@@ -53,8 +53,10 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     if roles.is_server(rank):
         index = roles.server_index(rank)
         lo, hi = ranges[index]
+        t_init = time.perf_counter()
         server = Server(ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
                         _slice_state(opt_state, lo, hi))
+        ctx.timers["setup"] += time.perf_counter() - t_init
         stats = server.run()
         server_comm.Free()
         mine = server.theta
@@ -63,10 +65,14 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     else:
         stats = Worker(ctx, theta, ranges, start_step).run()
         mine = np.empty(0, dtype=theta.dtype)
+    for key in ("bytes_sent", "bytes_received"):
+        ctx.counters[key] += stats[key]
+    t_tail = time.perf_counter()   # assembling the result and the counters: communication
     owners = {r: ranges[i] for i, r in enumerate(roles.servers)}
     assemble(world, theta, mine, owners)
     counters = world.gather(stats, root=0)
     head = world.bcast(stats if rank == 0 else None, root=0)
+    ctx.timers["comm"] += time.perf_counter() - t_tail
     train_time = time.perf_counter() - t_train
     if world.allreduce(stats["interrupted"], op=MPI.MAX):
         raise Interrupted(f"stopped by a signal at step {head['version']}; checkpoint "
@@ -170,6 +176,9 @@ class Worker:
             self.counters["steps_done"] += 1
             timers["compute"] += (t1 - t0) + (time.perf_counter() - t2)
             timers["comm"] += t2 - t1
+            ctx.counters["rows"] += idx.size
+            ctx.timeline.add("compute", t0, t1)
+            ctx.timeline.add("push+pull", t1, t2)
             version = max(versions)
             if stop:
                 break
@@ -246,6 +255,8 @@ class Server:
                 self._release_ssp()
             timers["comm"] += t1 - t0
             timers["compute"] += time.perf_counter() - t1
+            self.ctx.timeline.add("wait", t0, t1)
+            self.ctx.timeline.add("apply+reply", t1, time.perf_counter())
         MPI.Request.Waitall(self.sends)
         if self.mode != "bsp":
             # Asynchronous servers are not in step, so they checkpoint once, here, at the
@@ -309,6 +320,7 @@ class Server:
             self.comm, self.index, self.lo, self.hi, self.theta, self.optimizer.state(),
             step, reason)
         self.ctx.timers["checkpoint"] += time.perf_counter() - t0
+        self.ctx.timeline.add("checkpoint", t0, time.perf_counter())
 
     def _async(self, i: int) -> None:
         """asp/ssp: apply one worker's push now; reply now (asp) or when allowed (ssp)."""
@@ -394,8 +406,10 @@ class Server:
                       "train_loss": self.epoch_loss / max(self.epoch_rows, 1),
                       "epoch_time_s": time.perf_counter() - self.t_epoch,
                       "updates": self.counters["updates"], "dropped": self.counters["dropped"]}
+            t0 = time.perf_counter()
             runfolder.append_metrics(self.ctx.run_dir, record)
             self.progress.epoch_line(record, self.cfg.train.epochs)
+            self.ctx.timers["log"] += time.perf_counter() - t0
             self.epoch_loss, self.epoch_rows, self.t_epoch = 0.0, 0, time.perf_counter()
 
     def _consume_and_reply(self, i: int, stop: bool = False) -> None:

@@ -1,0 +1,75 @@
+"""The compute-cost report: where each rank's time went, what it sent, and how close the
+gradient kernel came to the machine's memory bandwidth."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import numpy as np
+
+from .paths import cache_dir
+
+CATEGORIES = ("setup", "data", "compute", "comm", "wait", "eval", "log", "checkpoint")
+
+
+def rank_report(timers: dict, wall: float, rank: int, bytes_sent: int,
+                bytes_received: int) -> dict:
+    """One rank's split of its wall time; ``other`` is what no timer covered."""
+    out = {"rank": rank, **{k: float(timers.get(k, 0.0)) for k in CATEGORIES}}
+    out["other"] = wall - sum(out[k] for k in CATEGORIES)
+    out.update(bytes_sent=int(bytes_sent), bytes_received=int(bytes_received))
+    return out
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s of a multi-threaded sum over 256 MiB, measured once per host and cached."""
+    path = cache_dir() / f"membw-{socket.gethostname()}.json"
+    try:
+        return float(json.loads(path.read_text())["read_Bps"])
+    except (OSError, ValueError, KeyError):
+        pass
+    from .kernels.options import pjit
+
+    @pjit
+    def _sum(a):
+        s = 0.0
+        for i in range(a.shape[0]):   # numba turns this into a parallel reduction
+            s += a[i]
+        return s
+
+    a = np.ones(64 * 1024 * 1024, dtype=np.float32)
+    _sum(a[:1024])
+    best = min(_timed(_sum, a) for _ in range(5))
+    bw = a.nbytes / best
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"read_Bps": bw, "measured": time.time()}))
+    except OSError:
+        pass
+    return bw
+
+
+def _timed(fn, a) -> float:
+    t0 = time.perf_counter()
+    fn(a)
+    return time.perf_counter() - t0
+
+
+def summarise(ranks: list[dict], wall: float) -> dict:
+    """Rank 0: the report in summary.json.
+
+    The kernel's achieved bandwidth is each data rank's bytes of X read by its gradient
+    passes over its compute time (the median over ranks that hold rows); on an
+    oversubscribed node that time includes waiting for a core.
+    """
+    shares = {k: float(np.mean([r[k] for r in ranks]) / wall) for k in (*CATEGORIES, "other")}
+    rates = [r["x_bytes_read"] / r["compute"] for r in ranks
+             if r["x_bytes_read"] and r["compute"] > 0]
+    kernel_bw = float(np.median(rates)) if rates else 0.0
+    machine = memory_bandwidth()
+    return {"wall_time_s": wall, "ranks": ranks, "mean_share": shares,
+            "kernel_read_GBps": kernel_bw / 1e9, "machine_read_GBps": machine / 1e9,
+            "kernel_share_of_machine": kernel_bw / machine if machine else None,
+            "bytes_sent_total": sum(r["bytes_sent"] for r in ranks)}
