@@ -44,6 +44,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="auto|PATH",
                    help="continue from the newest valid checkpoint of the run folder "
                         "('auto', needs --out) or from a checkpoint folder")
+    p.add_argument("--timeline", metavar="FILE.json",
+                   help="write per-rank spans in the Chrome trace event format (Perfetto)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     return p
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return data_main(argv[1:])
     if argv and argv[0] == "info":
         return _info()
+    if argv and argv[0] in ("plot", "compare"):  # one process, no MPI: see mpisgd.plot
+        from .plot import main as plot_main; return plot_main(argv)  # noqa: E702
     if argv and argv[0] in _COMMANDS:
         return _collective(_COMMANDS[argv[0]], argv[1:])
     if argv and argv[0] == "train":
@@ -116,7 +120,7 @@ def _load(args):
 
 def _train(argv: list[str]) -> int:
     args = _train_parser().parse_args(argv)
-    return _run_training(_load(args), args.resume)
+    return _run_training(_load(args), args.resume, args.timeline)
 
 
 def _solve(argv: list[str]) -> int:
@@ -167,7 +171,7 @@ def _cv(argv: list[str]) -> int:
 _COMMANDS = {"solve": _solve, "eval": _eval, "predict": _predict, "cv": _cv}
 
 
-def _run_training(cfg, resume: str | None) -> int:
+def _run_training(cfg, resume: str | None, timeline: str | None = None) -> int:
     from . import signals
     from .comm import make_topology
     from .train import rank_threads, run
@@ -175,7 +179,7 @@ def _run_training(cfg, resume: str | None) -> int:
     signals.install()
     topo = make_topology()
     with rank_threads(topo):
-        run(cfg, topo, resume)
+        run(cfg, topo, resume, timeline)
     topo.free()
     return 0
 

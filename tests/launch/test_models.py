@@ -36,3 +36,18 @@ def test_sharded_optimizer_state_equals_unsharded(launch, tmp_path, optimizer):
                       "--out", str(tmp_path / "ps")], timeout=120, check=True)
     np.testing.assert_allclose(theta_of(tmp_path / "ps"), theta_of(tmp_path / "ar"),
                                rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("consistency", ["bsp", "asp", "ssp"])
+def test_mlp_with_adam_in_every_ps_consistency(launch, tmp_path, consistency):
+    """One flat parameter vector: the MLP and Adam's sharded state work in every PS mode."""
+    d = bundled_split("digits", tmp_path / "digits")
+    out = tmp_path / "run"
+    launch(4, ["jobs/softmax.toml", "--set", "model.name='mlp'", "--set", "model.hidden=[32]",
+               "--set", f"data.train='{d['train']}'", "--set", f"data.test='{d['test']}'",
+               "--set", "optimizer.name='adam'", "--set", "optimizer.lr=0.003",
+               "--set", "train.epochs=15", "--set", "train.batch_size=32",
+               "--set", "optimizer.schedule='constant'", "--set", "mode='ps'",
+               "--set", "ps.servers=2", "--set", f"ps.consistency='{consistency}'",
+               "--out", str(out)], timeout=240, check=True)
+    assert summary_of(out)["test"]["accuracy"] >= 0.9
