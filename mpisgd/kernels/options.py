@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 
 # 'reassoc' lets LLVM split the per-row dot products into SIMD lanes and 'contract' allows
-# FMA. Never fastmath=True: its 'nnan'/'ninf' would let LLVM assume NaN and Inf away, and
+# FMA. Never the full fastmath set: its 'nnan'/'ninf' would let LLVM assume NaN and Inf away, and
 # the trainer must see them in the loss and the gradient.
 JIT = dict(nogil=True, cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 PJIT = dict(JIT, parallel=True)

@@ -1,4 +1,4 @@
-"""Run under mpiexec by test_collectives.py: error agreement and topology at any size."""
+"""Run under mpiexec (with a timeout) by test_collectives.py: error agreement and topology at any size."""
 
 import sys
 
