@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import copy
 import math
-import secrets
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
 
+from . import runfolder
 from .comm import Topology, agreed_call, bcast_value
 from .config import JobConfig, load_config, validate
 from .data import DatasetInfo
 from .data.partition import fold_of
-from .errors import ConfigError, DataError, OutputError
+from .errors import ConfigError, DataError
 from .log import say
 from .predict import ArgParser, format_metrics, write_json
 
@@ -110,20 +109,7 @@ def main(argv: list[str]) -> int:
 
 def _make_root(cfg: JobConfig, out: str | None) -> Path:
     """Rank 0: create (or reuse) the cv folder and prove it is writable."""
-    if out:
-        root = Path(out).expanduser()
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        root = Path("runs") / f"{stamp}-{cfg.name}-cv-{secrets.token_hex(2)}"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{secrets.token_hex(4)}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output folder '{root}' is not writable: "
-                          f"{exc.strerror or exc}.") from None
-    return root.resolve()
+    return runfolder.create(cfg, out or "", kind="cv")
 
 
 def run_cv(cfg: JobConfig, topo: Topology, out: str | None = None) -> dict:

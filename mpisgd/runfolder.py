@@ -20,13 +20,18 @@ from .config import JobConfig, to_toml
 from .errors import OutputError
 
 
-def create(cfg: JobConfig) -> Path:
-    """Make (or reuse) the run folder and prove it is writable. Rank 0 only."""
-    if cfg.output.dir:
-        path = Path(cfg.output.dir)
+def create(cfg: JobConfig, out: str | None = None, kind: str = "") -> Path:
+    """Make (or reuse) a run folder and prove it is writable. Rank 0 only.
+
+    ``out`` (default ``output.dir``) names it; else a new ``runs/<time>-<job>[-kind]-<id>``.
+    """
+    out = out if out is not None else cfg.output.dir
+    if out:
+        path = Path(out).expanduser()
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{stamp}-{cfg.name}-{secrets.token_hex(2)}"
+        tag = f"{cfg.name}-{kind}" if kind else cfg.name
+        path = Path("runs") / f"{stamp}-{tag}-{secrets.token_hex(2)}"
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
