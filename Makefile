@@ -1,6 +1,8 @@
 # Two commands on a fresh machine: `make run` and `make test`.
 #   make run [NP=8] [JOB=jobs/logreg.toml] [ARGS="--set train.epochs=3"]
 #   make test                 the whole suite (unit, MPI collectives, launch tests)
+#   make test-slurm           the Slurm tests alone (a real single-node Slurm; needs root)
+#   make slurm-up / slurm-down  start / stop that test cluster by hand
 #   make bench                benchmarks/ (writes benchmarks/results/)
 #   make MPI=site ...         use the cluster's MPI: builds mpi4py against its mpicc
 PYTHON ?= python3
@@ -20,7 +22,7 @@ else
   MPIEXEC = $(VENV)/bin/mpiexec
 endif
 
-.PHONY: run test install bench clean
+.PHONY: run test test-slurm slurm-up slurm-down install bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -38,6 +40,16 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+test-slurm: install
+	$(PY) -m pytest -q tests/slurm
+
+SLURM_DIR ?= /tmp/mpisgd-slurm
+slurm-up:
+	$(PYTHON) slurm/testing/cluster.py start --dir $(SLURM_DIR)
+
+slurm-down:
+	$(PYTHON) slurm/testing/cluster.py stop --dir $(SLURM_DIR)
 
 bench: install
 	$(PY) -m benchmarks

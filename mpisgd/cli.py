@@ -134,7 +134,7 @@ def _solve(argv: list[str]) -> int:
     from .runfolder import write_oracle
     from .train import prepare
 
-    topo = make_topology()
+    topo = make_topology(cfg.topology.ranks_per_node)
     ctx = prepare(cfg, topo)
     theta = solve(ctx)
     result = {"train_objective": objective(ctx, theta), "n_train": ctx.n_train,
@@ -177,7 +177,7 @@ def _run_training(cfg, resume: str | None, timeline: str | None = None) -> int:
     from .train import rank_threads, run
 
     signals.install()
-    topo = make_topology()
+    topo = make_topology(cfg.topology.ranks_per_node)
     with rank_threads(topo):
         run(cfg, topo, resume, timeline)
     topo.free()

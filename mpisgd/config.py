@@ -166,6 +166,8 @@ class TrainConfig:
                                 "better held-out loss (0: off; allreduce mode)")
     oracle: bool = _f(True, Check("bool"), "linear models: report the gap to the exact "
                                          "least-squares (ridge) optimum")
+    sync_every: int = _f(1, INT1, "allreduce: local SGD, average the parameters (and optimizer "
+                                  "state) every k steps; 1: synchronous SGD")
     measure_wait: bool = _f(False, Check("bool"),
                             "barrier before each reduction to split waiting from communication")
 
@@ -182,6 +184,9 @@ class PSConfig:
     poll_max_us: float = _f(1000.0, NONNEG, "longest sleep between polls of a waiting server")
     stall_timeout: float = _f(60.0, POS, "a server waiting this long names the missing workers")
     stall_abort: float = _f(300.0, POS, "... and aborts the job after this long")
+    node_aggregate: bool = _f(False, Check("bool"),
+                              "workers of a node sum their gradients in shared memory and "
+                              "one of them talks to the servers")
 
 
 @dataclass
@@ -189,6 +194,20 @@ class CommConfig:
     allreduce: str = _f("auto", Check("choice", choices=("auto", "flat", "hierarchical")),
                         "gradient reduction: flat MPI Allreduce, or node-local shared "
                         "memory + leaders; auto picks by topology and size")
+    compression: str = _f("none", Check("choice", choices=("none", "fp16", "bf16", "topk",
+                                                             "randomk", "sign")),
+                          "gradient compression for transport (allreduce and ps pushes)")
+    topk_ratio: float = _f(0.01, Check("float", lo=0.0, hi=1.0, lo_open=True),
+                           "topk/randomk: the fraction of entries sent")
+    error_feedback: bool = _f(True, Check("bool"), "add what compression dropped to the "
+                                                   "next gradient (per rank)")
+
+
+@dataclass
+class TopologyConfig:
+    ranks_per_node: int = _f(0, INT0, "split the ranks into emulated nodes of this many "
+                                      "consecutive ranks (0: real nodes; the environment "
+                                      "variable MPISGD_RANKS_PER_NODE when 0)")
 
 
 @dataclass
@@ -227,6 +246,7 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     ps: PSConfig = field(default_factory=PSConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
@@ -334,6 +354,16 @@ def validate(cfg: JobConfig) -> None:
     if cfg.train.patience and cfg.mode == "ps":
         raise ConfigError("train.patience (early stopping) needs per-epoch held-out "
                           "metrics, which mode = 'ps' does not compute; use allreduce.")
+    if cfg.comm.compression != "none" and cfg.comm.allreduce == "hierarchical":
+        raise ConfigError("comm.compression exchanges compressed gradients between all "
+                          "ranks; it does not combine with comm.allreduce = 'hierarchical' "
+                          "(use 'auto' or 'flat').")
+    if cfg.train.sync_every > 1 and cfg.mode == "ps":
+        raise ConfigError("train.sync_every (local SGD) applies to mode = 'allreduce'; the "
+                          "parameter server has ps.consistency = 'asp' or 'ssp' instead.")
+    if cfg.train.sync_every > 1 and cfg.comm.compression != "none":
+        raise ConfigError("train.sync_every > 1 averages parameters, not gradients; do not "
+                          "combine it with comm.compression.")
     if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
         raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
     if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):

@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
         exc.agreed = True  # every rank read the same file and flags: same verdict
         raise
     signals.install()
-    topo = make_topology()
+    topo = make_topology(cfg.topology.ranks_per_node)
     with rank_threads(topo):
         run_cv(cfg, topo, args.out or cfg.output.dir or None)
     topo.free()

@@ -33,7 +33,8 @@ class Optimizer:
     that of theta and the gradient; state buffers have the same length and dtype.
     """
 
-    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None):
+    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None,
+                 storage=None):
         if not isinstance(n_params, (int, np.integer)) or isinstance(n_params, bool) \
                 or n_params < 0:
             raise ValueError(
@@ -50,11 +51,17 @@ class Optimizer:
         self.dtype = np.dtype(dtype)
         self.steps = 0  # updates applied so far; Adam's bias correction counts them
         self._buffers: dict[str, np.ndarray] = {}
+        # storage(name) -> a zeroed array of n_params to keep a state buffer in (a rank's
+        # slice of a node-shared window); None: private arrays.
+        self._storage = storage
         # One scratch vector, so a step allocates nothing.
         self._tmp = np.empty(self.n_params, dtype=self.dtype)
 
     def _buffer(self, name: str) -> np.ndarray:
-        self._buffers[name] = np.zeros(self.n_params, dtype=self.dtype)
+        if self._storage is None:
+            self._buffers[name] = np.zeros(self.n_params, dtype=self.dtype)
+        else:
+            self._buffers[name] = self._storage(name)
         return self._buffers[name]
 
     def _scalar(self, value: float):
@@ -97,6 +104,10 @@ class Optimizer:
     def _update(self, theta, grad, lr: float) -> None:
         raise NotImplementedError
 
+    def buffers(self) -> dict[str, np.ndarray]:
+        """The live state arrays by name (updated in place by ``step``), not copies."""
+        return dict(self._buffers)
+
     def state(self) -> dict[str, np.ndarray]:
         """Copies of every state array, plus ``step`` (a 0-d int64 array): a checkpoint of
         this instance (a server saves the state of its own slice)."""
@@ -137,8 +148,8 @@ class Optimizer:
 class SGD(Optimizer):
     """Plain, momentum or Nesterov SGD; state: the momentum buffer ``velocity``."""
 
-    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None):
-        super().__init__(cfg, n_params, dtype)
+    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None, storage=None):
+        super().__init__(cfg, n_params, dtype, storage=storage)
         self.momentum = cfg.momentum
         self.nesterov = cfg.nesterov
         self.velocity = self._buffer("velocity") if cfg.momentum > 0 else None
@@ -165,8 +176,8 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     """torch.optim.Adagrad: sum += g^2; theta -= lr * g / (sqrt(sum) + eps); state ``sum``."""
 
-    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None):
-        super().__init__(cfg, n_params, dtype)
+    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None, storage=None):
+        super().__init__(cfg, n_params, dtype, storage=storage)
         self.sum = self._buffer("sum")
 
     def _update(self, theta, grad, lr):
@@ -187,8 +198,8 @@ class Adam(Optimizer):
     theta -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), t = steps so far.
     """
 
-    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None):
-        super().__init__(cfg, n_params, dtype)
+    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None, storage=None):
+        super().__init__(cfg, n_params, dtype, storage=storage)
         self.exp_avg = self._buffer("exp_avg")
         self.exp_avg_sq = self._buffer("exp_avg_sq")
 
@@ -220,8 +231,8 @@ class AdamW(Adam):
     None decays every entry, as torch does for a single parameter group.
     """
 
-    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None):
-        super().__init__(cfg, n_params, dtype)
+    def __init__(self, cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None, storage=None):
+        super().__init__(cfg, n_params, dtype, storage=storage)
         if decay_mask is not None:
             if not (isinstance(decay_mask, np.ndarray) and decay_mask.dtype == np.bool_
                     and decay_mask.shape == (self.n_params,)):
@@ -248,17 +259,28 @@ class AdamW(Adam):
 _OPTIMIZERS = {"sgd": SGD, "adagrad": Adagrad, "adam": Adam, "adamw": AdamW}
 
 
-def make_optimizer(cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None) -> Optimizer:
+def make_optimizer(cfg: OptimizerConfig, n_params: int, dtype, decay_mask=None,
+                   storage=None) -> Optimizer:
     """The optimizer ``cfg.name`` for a vector (or slice) of ``n_params`` entries.
 
     ``decay_mask``: adamw's weight-decay mask over the same entries (other optimizers
-    ignore it, so callers may always pass it).
+    ignore it, so callers may always pass it). ``storage(name)``: where to keep each state
+    buffer (a zeroed array of ``n_params``); private arrays when None.
     """
     cls = _OPTIMIZERS.get(cfg.name)
     if cls is None:  # config validation prevents this
         raise ValueError(f"The 'optimizer.name' parameter must be one of {tuple(_OPTIMIZERS)}. "
                          f"Got {cfg.name!r} instead.")
-    return cls(cfg, n_params, dtype, decay_mask=decay_mask)
+    return cls(cfg, n_params, dtype, decay_mask=decay_mask, storage=storage)
+
+
+def slice_state(state: dict | None, lo: int, hi: int) -> dict | None:
+    """The part of a whole-vector optimizer state that an optimizer of [lo:hi) loads:
+    per-parameter arrays sliced (copied), scalars such as ``step`` kept."""
+    if not state:
+        return state
+    n = max(v.size for v in state.values())
+    return {k: (v[lo:hi].copy() if v.ndim == 1 and v.size == n else v) for k, v in state.items()}
 
 
 def _schedule(cfg: OptimizerConfig, step: int, epoch: int, total_steps: int) -> float:

@@ -9,18 +9,23 @@ pickling, no allocation per step beyond the kernel's block buffers.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
 from .. import kernels, runfolder, signals
 from ..comm import agree
-from ..comm.reduce import BufferAllreduce
+from ..comm.compress import make_codec
+from ..comm.reduce import CompressedAllreduce, make_reducer
 from ..errors import Interrupted
 from ..evaluation import evaluate
 from ..log import say
-from ..optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
+from ..memory import node_memory
+from ..optim import clip_factor, learning_rate, sq_norm
 from ..progress import Progress
 from .common import EarlyStopping, Hooks, Saver, StepPlan, check_finite, finish_gradient
+from .localsgd import Averager
+from .nodeparams import NodeParams
 
 
 def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = None) -> dict:
@@ -29,18 +34,85 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     Returns run statistics. Raises Interrupted (agreed) after writing a checkpoint when
     any rank received SIGTERM/SIGUSR1.
     """
+    cfg = ctx.cfg
+    P = ctx.n_params
+    opt_state, residuals = split_residuals(opt_state)
+    # [gradient sum, loss sum, rows, checkpoint request, stop request]: requests ride on
+    # the gradient's allreduce, so every rank learns of them at the same step for free.
+    buf = np.zeros(P + 4, dtype=ctx.dtype)
+    local_sgd = cfg.train.sync_every > 1
+    with _reducer(ctx, buf) as reduce:
+        # A node that reduces in shared memory also keeps the parameters there, once
+        # (not with local SGD: each rank's parameters drift apart between averagings).
+        shared = reduce.window is not None and not local_sgd
+        with NodeParams(ctx, theta, shared, opt_state) as params:
+            if residuals is not None and getattr(reduce, "residual", None) is not None:
+                _load_residual(reduce.residual, residuals, ctx.topo)
+            with Averager(ctx, params) if local_sgd else nullcontext() as averager:
+                held = params.held_bytes()
+                held["buffers"] = buf.nbytes + reduce.window_bytes + (
+                    averager.buf.nbytes if averager else 0)
+                memory = node_memory(ctx.topo, held)
+                stats = _loop(ctx, params, buf, reduce, start_step, averager)
+    stats["allreduce"] = reduce.method
+    stats["params_shared"] = params.shared
+    if memory is not None:
+        stats["memory"] = memory
+    return stats
+
+
+def _reducer(ctx, buf: np.ndarray):
+    """Collective: the gradient reducer of the job: compressed, flat or hierarchical."""
+    comm = ctx.cfg.comm
+    codec = make_codec(comm.compression, ctx.n_params, ctx.dtype, comm.topk_ratio,
+                       ctx.cfg.train.seed)
+    if codec is None:
+        return make_reducer(comm.allreduce, ctx.topo, buf)
+    return CompressedAllreduce(ctx.topo.world, buf, ctx.n_params, codec, comm.error_feedback)
+
+
+def split_residuals(state: dict | None) -> tuple[dict | None, np.ndarray | None]:
+    """(the optimizer's part of a checkpoint's state, the ranks' error-feedback residuals)."""
+    if not state or "ef_residual" not in state:
+        return state, None
+    rest = {k: v for k, v in state.items() if k != "ef_residual"}
+    return rest, state["ef_residual"]
+
+
+def _load_residual(residual: np.ndarray, saved: np.ndarray, topo) -> None:
+    """This rank's residual from a checkpoint's (one row per rank of the saving run). At
+    another world size rows cannot be matched to ranks; rank 0 takes their sum, so the
+    gradient mass not yet sent is kept, only its split between ranks changes."""
+    if saved.ndim != 2 or saved.shape[1] != residual.size:
+        return
+    if saved.shape[0] == topo.size:
+        residual[:] = saved[topo.rank]
+    elif topo.rank == 0:
+        residual[:] = saved.sum(axis=0)
+
+
+def _checkpoint_state(params: NodeParams, reduce, world) -> dict:
+    """Collective: the whole-vector optimizer state, plus every rank's residual on rank 0."""
+    state = params.state()
+    residual = getattr(reduce, "residual", None)
+    if residual is not None:
+        rows = world.gather(residual, root=0)
+        if rows is not None:
+            state["ef_residual"] = np.stack(rows)
+    return state
+
+
+def _loop(ctx, params: NodeParams, buf: np.ndarray, reduce, start_step: int,
+          averager: "Averager | None") -> dict:
+    """The training loop over ``params`` (see :func:`fit`)."""
     cfg, world = ctx.cfg, ctx.topo.world
     P = ctx.n_params
     plan = make_plan(ctx)
     spe, total = plan.steps_per_epoch, plan.total
-    optimizer = make_optimizer(cfg.optimizer, P, ctx.dtype, decay_mask=ctx.l2_mask)
-    if opt_state:
-        optimizer.load_state(opt_state)
-    # [gradient sum, loss sum, rows, checkpoint request, stop request]: requests ride on
-    # the gradient's allreduce, so every rank learns of them at the same step for free.
-    buf = np.zeros(P + 4, dtype=ctx.dtype)
+    theta = params.theta
     grad = buf[:P]
-    reduce = BufferAllreduce(world, buf)
+    period_loss = period_rows = 0.0   # local SGD: sums since the last averaging
+    last_sync = start_step
     measure_wait = cfg.train.measure_wait and world.Get_size() > 1
     hooks = Hooks(cfg.debug, ctx.topo.rank)
     saver = Saver(ctx)
@@ -59,29 +131,53 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
         if trace is not None:
             trace.setdefault(epoch, []).append(idx + ctx.row0)
         hooks.before_gradient(step)
-        buf[P] = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
-        buf[P + 1] = idx.size
-        buf[P + 2] = saver.time_due()
-        buf[P + 3] = signals.requested()
-        if measure_wait:  # costs a barrier per step: for profiling only
-            t_wait = time.perf_counter()
-            world.Barrier()
-            timers["wait"] += time.perf_counter() - t_wait
-        t1 = time.perf_counter()
-        reduce()
-        t2 = time.perf_counter()
-        count = float(buf[P + 1])
-        loss = float(buf[P]) / count
-        finish_gradient(grad, count, theta, cfg.model.l2, ctx.l2_mask)
-        if cfg.optimizer.clip_norm:   # the reduced gradient is the same on every rank
-            grad *= ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
-        lr = learning_rate(cfg.optimizer, step, epoch, total)
-        # The reduced buffer is the same on every rank and NaN/Inf survive any
-        # summation order, so every rank raises here together: no hang.
-        check_finite(loss, grad, step, lr)
-        optimizer.step(theta, grad, lr)
-        if cfg.model.l1:
-            soft_threshold(theta, lr * cfg.model.l1, ctx.l2_mask)
+        loss_part = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
+        if averager is not None:
+            # Local SGD: a step on this rank's rows alone; averaging every k steps.
+            lr = learning_rate(cfg.optimizer, step, epoch, total)
+            if idx.size:
+                finish_gradient(grad, idx.size, theta, cfg.model.l2, ctx.l2_mask)
+                if cfg.optimizer.clip_norm:
+                    grad *= ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
+                params.update(grad, lr, cfg.model.l1)
+            period_loss += loss_part
+            period_rows += idx.size
+            t1 = time.perf_counter()
+            if not averager.due(step, spe, total):
+                timers["compute"] += t1 - t0
+                counters["rows"] += idx.size
+                step += 1
+                continue
+            buf[P:] = (period_loss, period_rows, saver.time_due(), signals.requested())
+            averager(buf[P:])
+            t2 = time.perf_counter()
+            count = float(buf[P + 1])
+            loss = float(buf[P]) / count
+            # Averaged parameters are the same on every rank, so every rank raises together.
+            check_finite(loss, theta, step, lr)
+            period_loss = period_rows = 0.0
+        else:
+            buf[P] = loss_part
+            buf[P + 1] = idx.size
+            buf[P + 2] = saver.time_due()
+            buf[P + 3] = signals.requested()
+            if measure_wait:  # costs a barrier per step: for profiling only
+                t_wait = time.perf_counter()
+                world.Barrier()
+                timers["wait"] += time.perf_counter() - t_wait
+            t1 = time.perf_counter()
+            reduce(step)
+            t2 = time.perf_counter()
+            count = float(buf[P + 1])
+            loss = float(buf[P]) / count
+            finish_gradient(grad, count, theta, cfg.model.l2, ctx.l2_mask)
+            if cfg.optimizer.clip_norm:   # the reduced gradient is the same on every rank
+                grad *= ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
+            lr = learning_rate(cfg.optimizer, step, epoch, total)
+            # The reduced buffer is the same on every rank and NaN/Inf survive any
+            # summation order, so every rank raises here together: no hang.
+            check_finite(loss, grad, step, lr)
+            params.update(grad, lr, cfg.model.l1)
         t3 = time.perf_counter()
         timers["compute"] += (t1 - t0) + (t3 - t2)
         timers["comm"] += t2 - t1
@@ -114,10 +210,11 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
                     f"{stopper.best:.6g} at epoch {stopper.best_epoch})")
                 break
         stop = buf[P + 3] > 0
-        if stop or saver.due(step, buf[P + 2] > 0) or (step == total and saver.enabled
-                                                      and cfg.checkpoint.final):
+        since, last_sync = last_sync, step
+        if stop or saver.due(step, buf[P + 2] > 0, since) or (step == total and saver.enabled
+                                                             and cfg.checkpoint.final):
             t_ck = time.perf_counter()
-            path = saver.save_replicated(step, theta, optimizer.state(),
+            path = saver.save_replicated(step, theta, _checkpoint_state(params, reduce, world),
                                          "signal" if stop else "periodic")
             timers["checkpoint"] += time.perf_counter() - t_ck
             timeline.add("checkpoint", t_ck, time.perf_counter())
@@ -128,14 +225,26 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
                                   f"--out {ctx.run_dir} to continue.", agreed=True)
     progress.close()
     samples += epoch_rows
+    exchanges = (step - start_step) if averager is None else averager.count
+    sent = (averager.buf.nbytes if averager is not None
+            else getattr(reduce, "sent_bytes", buf.nbytes))
     if world.Get_size() > 1:   # the logical payload each rank contributed and received
-        counters["bytes_sent"] += (step - start_step) * buf.nbytes
-        counters["bytes_received"] += (step - start_step) * buf.nbytes
+        counters["bytes_sent"] += exchanges * sent
+        counters["bytes_received"] += exchanges * sent
     if trace is not None:
         write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
-    return {"epochs": -(-step // spe), "steps": step, "steps_per_epoch": spe,
-            "global_batch": plan.batch, "samples": samples, "start_step": start_step,
-            "train_time_s": time.perf_counter() - t_train}
+    out = {"epochs": -(-step // spe), "steps": step, "steps_per_epoch": spe,
+           "global_batch": plan.batch, "samples": samples, "start_step": start_step,
+           "train_time_s": time.perf_counter() - t_train}
+    if cfg.comm.compression != "none":
+        out["compression"] = {"scheme": cfg.comm.compression,
+                              "bytes_per_step_dense": buf.nbytes,
+                              "bytes_per_step_sent": sent, "ratio": buf.nbytes / sent,
+                              "error_feedback": cfg.comm.error_feedback}
+    if averager is not None:
+        out["local_sgd"] = {"sync_every": cfg.train.sync_every,
+                            "averagings": averager.count}
+    return out
 
 
 def make_plan(ctx) -> StepPlan:

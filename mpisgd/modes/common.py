@@ -119,8 +119,13 @@ class Saver:
         """Rank 0's vote (1.0/0.0) that every_seconds have passed since the last one."""
         return float(self.votes and time.monotonic() - self.last >= self.every_seconds)
 
-    def due(self, step: int, time_vote: bool) -> bool:
-        return bool((self.every_steps and step % self.every_steps == 0) or time_vote)
+    def due(self, step: int, time_vote: bool, since: int | None = None) -> bool:
+        """A checkpoint at ``step``: a multiple of every_steps was reached (in (since,
+        step] when steps are only synchronised every few), or the time vote says so."""
+        if since is None:
+            since = step - 1
+        every = self.every_steps
+        return bool((every and step // every > since // every) or time_vote)
 
     def meta(self, step: int, reason: str) -> dict:
         ctx, cfg = self.ctx, self.ctx.cfg

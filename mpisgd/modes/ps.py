@@ -29,10 +29,14 @@ from ..comm import abort_job
 from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_SIGNAL, F_STOP, H_BASE, H_COUNT, H_FLAGS,
                         H_LOSS, H_STEP, H_VERSION, TAG_PUSH, TAG_REPLY, Message, Poller,
                         assemble)
-from ..errors import Interrupted
+from ..comm.compress import ErrorFeedback, make_codec
+from ..comm.shm import SharedArray, no_shm_reason, shm_possible, sync_arrays, warn_no_shm
+from ..errors import ConfigError, Interrupted
+from ..memory import node_memory
 from ..comm.roles import key_range
 from ..log import say, warn
-from ..optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
+from ..optim import (clip_factor, learning_rate, make_optimizer, slice_state, soft_threshold,
+                     sq_norm)
 from ..progress import Progress
 from .allreduce import make_plan, write_trace
 from .common import Hooks, Saver, check_finite, finish_gradient
@@ -50,20 +54,30 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     ranges = [key_range(ctx.n_params, n_servers, s) for s in range(n_servers)]
     server_comm = world.Split(0 if roles.is_server(rank) else MPI.UNDEFINED, rank)
     t_train = time.perf_counter()
+    group, pushers = node_groups(ctx, theta)
+    if len(pushers) <= ctx.cfg.ps.backup_workers:   # the same list on every rank
+        raise ConfigError(f"ps.backup_workers = {ctx.cfg.ps.backup_workers} must be smaller "
+                          f"than the number of ranks that push gradients ({len(pushers)}: "
+                          f"one per node with ps.node_aggregate).", agreed=True)
     if roles.is_server(rank):
         index = roles.server_index(rank)
         lo, hi = ranges[index]
         t_init = time.perf_counter()
         server = Server(ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
-                        _slice_state(opt_state, lo, hi))
+                        slice_state(opt_state, lo, hi), pushers)
         ctx.timers["setup"] += time.perf_counter() - t_init
+        memory = node_memory(ctx.topo, server.held_bytes())
         stats = server.run()
         server_comm.Free()
         mine = server.theta
         if ctx.cfg.debug.trace_rows:
             write_trace(ctx, [])   # collective: servers take part with no rows
     else:
-        stats = Worker(ctx, theta, ranges, start_step).run()
+        worker = Worker(ctx, theta, ranges, start_step, group)
+        memory = node_memory(ctx.topo, worker.held_bytes())
+        stats = worker.run()
+        if group is not None:
+            group.free()
         mine = np.empty(0, dtype=theta.dtype)
     for key in ("bytes_sent", "bytes_received"):
         ctx.counters[key] += stats[key]
@@ -81,17 +95,17 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     out = {"epochs": head["epochs"], "steps": head["version"], "start_step": start_step,
            "steps_per_epoch": head["steps_per_epoch"], "global_batch": head["batch"],
            "samples": head["samples"], "train_time_s": train_time}
+    if ctx.cfg.comm.compression != "none":
+        dense = sum(Message(hi - lo, theta.dtype).nbytes for lo, hi in ranges)
+        sent = sum(Message(push_codec(ctx, hi - lo).nbytes, np.uint8).nbytes for lo, hi in ranges)
+        out["compression"] = {"scheme": ctx.cfg.comm.compression,
+                              "bytes_per_push_dense": dense, "bytes_per_push_sent": sent,
+                              "ratio": dense / sent, "error_feedback": ctx.cfg.comm.error_feedback}
     if rank == 0:
         out["ps"] = _summarise(counters, roles, ctx.cfg.ps)
+        out["ps"]["pushers"] = list(pushers)
+        out["memory"] = memory
     return out
-
-
-def _slice_state(state: dict | None, lo: int, hi: int) -> dict | None:
-    """A server's part of a full optimizer state: per-parameter arrays sliced."""
-    if not state:
-        return state
-    n = max(v.size for v in state.values())
-    return {k: (v[lo:hi].copy() if v.ndim == 1 and v.size == n else v) for k, v in state.items()}
 
 
 def _summarise(counters: list[dict], roles, ps_cfg) -> dict:
@@ -124,21 +138,38 @@ def _sum_dicts(dicts) -> dict:
 
 
 class Worker:
-    """Worker ranks only: compute gradients of the worker's rows, push, pull."""
+    """Worker ranks only: compute gradients of the worker's rows, push, pull.
 
-    def __init__(self, ctx, theta: np.ndarray, ranges: list[tuple[int, int]], start: int):
-        self.ctx, self.theta, self.ranges, self.start = ctx, theta, ranges, start
+    With ``group`` (node aggregation) the workers of a node write their gradients into a
+    node-shared window, the group's leader sums them (in group-rank order: deterministic)
+    and alone exchanges with the servers, and the pulled parameters land once per node
+    in a shared window that every member reads.
+    """
+
+    def __init__(self, ctx, theta: np.ndarray, ranges: list[tuple[int, int]], start: int,
+                 group: "NodeGroup | None" = None):
+        self.ctx, self.ranges, self.start, self.group = ctx, ranges, start, group
         self.servers = ctx.roles.servers
         self.plan = make_plan(ctx)
         self.sync = ctx.cfg.ps.consistency == "bsp"
-        self.push = [Message(hi - lo, theta.dtype) for lo, hi in ranges]
-        self.reply = [Message(hi - lo, theta.dtype) for lo, hi in ranges]
-        self.grad = np.empty_like(theta)
+        self.pusher = group is None or group.leader
+        if self.pusher:
+            # One codec and error-feedback residual per server slice.
+            codecs = [push_codec(ctx, hi - lo) for lo, hi in ranges]
+            self.feedback = [None if c is None else ErrorFeedback(c, ctx.cfg.comm.error_feedback)
+                             for c in codecs]
+            self.push = [Message(hi - lo, theta.dtype) if c is None
+                         else Message(c.nbytes, np.uint8) for (lo, hi), c in zip(ranges, codecs)]
+            self.reply = [Message(hi - lo, theta.dtype) for lo, hi in ranges]
+            self.grad = np.empty_like(theta)
+        self.theta = theta if group is None else group.theta.array
+        # Where this rank's gradient goes: its row of the node's window, or its own buffer.
+        self.out = self.grad if group is None else group.grads.array[group.rank]
         self.hooks = Hooks(ctx.cfg.debug, ctx.topo.rank)
         self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0}
 
     def run(self) -> dict:
-        ctx, world, plan, theta, grad = self.ctx, self.ctx.topo.world, self.plan, self.theta, self.grad
+        ctx, plan, theta, group = self.ctx, self.plan, self.theta, self.group
         timers = ctx.timers
         trace = {} if ctx.cfg.debug.trace_rows else None
         step = version = self.start
@@ -149,37 +180,26 @@ class Worker:
             if trace is not None:
                 trace.setdefault(step // plan.steps_per_epoch, []).append(idx + ctx.row0)
             self.hooks.before_gradient(step)
-            loss = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
-            last = (not self.sync) and step + 1 >= plan.total
-            requests = []
-            for (lo, hi), msg, reply, server in zip(self.ranges, self.push, self.reply,
-                                                    self.servers):
-                msg.ints[H_STEP], msg.ints[H_COUNT] = step, idx.size
-                msg.ints[H_FLAGS] = (F_LAST if last else 0) | (F_SIGNAL if signals.requested() else 0)
-                msg.ints[H_BASE] = version
-                msg.floats[H_LOSS] = loss
-                msg.payload[:] = grad[lo:hi]
-                requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
-                requests.append(world.Isend(msg.spec, server, TAG_PUSH))
+            loss = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, self.out)
+            count, signal = idx.size, signals.requested()
             t1 = time.perf_counter()
-            MPI.Request.Waitall(requests)
+            if group is None:
+                version, stop, flagged = self._exchange(step, version, self.grad, count,
+                                                        loss, signal)
+            else:
+                version, stop, flagged = group.step(
+                    (loss, count, signal),
+                    lambda loss, count, signal: self._exchange(step, version, self.grad,
+                                                               count, loss, signal),
+                    self.grad if self.pusher else None)
+            interrupted |= flagged
             t2 = time.perf_counter()
-            stop = False
-            versions = []
-            for (lo, hi), reply in zip(self.ranges, self.reply):
-                theta[lo:hi] = reply.payload
-                versions.append(int(reply.ints[H_VERSION]))
-                stop |= bool(reply.ints[H_FLAGS] & F_STOP)
-                interrupted |= bool(reply.ints[H_FLAGS] & F_INTERRUPTED)
-            self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
-            self.counters["bytes_received"] += sum(m.nbytes for m in self.reply)
             self.counters["steps_done"] += 1
             timers["compute"] += (t1 - t0) + (time.perf_counter() - t2)
             timers["comm"] += t2 - t1
             ctx.counters["rows"] += idx.size
             ctx.timeline.add("compute", t0, t1)
             ctx.timeline.add("push+pull", t1, t2)
-            version = max(versions)
             if stop:
                 break
             # bsp: the servers' version is the next global step (a dropped worker skips
@@ -190,16 +210,144 @@ class Worker:
         return {**self.counters, "version": version, "epochs": 0, "steps_per_epoch": 0,
                 "batch": plan.batch, "samples": 0, "interrupted": interrupted}
 
+    def _exchange(self, step: int, version: int, grad: np.ndarray, count: int, loss: float,
+                  signal: bool) -> tuple[int, bool, bool]:
+        """Push ``grad`` (a sum over ``count`` rows) to every server, receive the fresh
+        slices into the parameters; returns (version, stop, interrupted)."""
+        world = self.ctx.topo.world
+        last = (not self.sync) and step + 1 >= self.plan.total
+        requests = []
+        for (lo, hi), msg, reply, server, feedback in zip(self.ranges, self.push, self.reply,
+                                                          self.servers, self.feedback):
+            msg.ints[H_STEP], msg.ints[H_COUNT] = step, count
+            msg.ints[H_FLAGS] = (F_LAST if last else 0) | (F_SIGNAL if signal else 0)
+            msg.ints[H_BASE] = version
+            msg.floats[H_LOSS] = loss
+            if feedback is None:
+                msg.payload[:] = grad[lo:hi]
+            else:
+                feedback.compress(grad[lo:hi], step, msg.payload)
+            requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
+            requests.append(world.Isend(msg.spec, server, TAG_PUSH))
+        MPI.Request.Waitall(requests)
+        stop = interrupted = False
+        versions = []
+        for (lo, hi), reply in zip(self.ranges, self.reply):
+            self.theta[lo:hi] = reply.payload
+            versions.append(int(reply.ints[H_VERSION]))
+            stop |= bool(reply.ints[H_FLAGS] & F_STOP)
+            interrupted |= bool(reply.ints[H_FLAGS] & F_INTERRUPTED)
+        self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
+        self.counters["bytes_received"] += sum(m.nbytes for m in self.reply)
+        return max(versions), stop, interrupted
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of parameters and buffers this rank allocated (see memory.node_memory)."""
+        if self.group is not None:
+            held = self.group.held_bytes()
+        else:
+            held = {"params": self.theta.nbytes, "buffers": self.grad.nbytes}
+        if self.pusher:
+            held["buffers"] += (self.grad.nbytes if self.group is not None else 0) + sum(
+                m.nbytes for m in self.push + self.reply)
+        return held
+
+
+class NodeGroup:
+    """Collective over ``comm`` (the worker ranks of one node): node-local aggregation.
+
+    Windows: ``grads`` (a row per member), ``theta`` (the pulled parameters, once per
+    node) and ``info`` (a row per member: loss, rows, signal; and a last row the leader
+    fills: version, stop, interrupted). Each step takes two node syncs: members' rows
+    are complete before the leader sums them; the leader's pull is complete before
+    anyone reads the parameters or the verdict.
+    """
+
+    def __init__(self, comm: MPI.Intracomm, theta0: np.ndarray):
+        self.comm, self.size, self.rank = comm, comm.Get_size(), comm.Get_rank()
+        self.leader = self.rank == 0
+        n = theta0.size
+        self.grads = SharedArray(comm, (self.size, n), theta0.dtype)
+        self.theta = SharedArray(comm, n, theta0.dtype)
+        self.info = SharedArray(comm, (self.size + 1, 4), np.float64)
+        self._windows = (self.grads, self.theta, self.info)
+        self.shared = all(w.shared for w in self._windows)
+        if self.leader:
+            np.copyto(self.theta.array, theta0)
+        self.sync()
+
+    def sync(self) -> None:
+        sync_arrays(self.comm, self._windows)
+
+    def step(self, mine: tuple, exchange, acc: np.ndarray | None) -> tuple[int, bool, bool]:
+        """One step after this member wrote its gradient row: publish (loss, rows, signal),
+        the leader sums the rows into ``acc`` and calls ``exchange(loss, rows, signal)``
+        (which writes the pulled parameters into ``theta``), everyone reads the verdict."""
+        info, k = self.info.array, self.size
+        info[self.rank, :3] = mine
+        self.sync()
+        if self.leader:
+            rows = self.grads.array
+            np.copyto(acc, rows[0])
+            for r in range(1, k):   # group-rank order: the same sum on every run
+                acc += rows[r]
+            loss, count = float(info[:k, 0].sum()), int(info[:k, 1].sum())
+            version, stop, interrupted = exchange(loss, count, bool(info[:k, 2].any()))
+            info[k, :3] = (version, stop, interrupted)
+        self.sync()
+        version, stop, interrupted = info[k, :3]
+        return int(version), bool(stop), bool(interrupted)
+
+    def held_bytes(self) -> dict[str, int]:
+        return {"params": self.theta.window_bytes,
+                "buffers": self.grads.window_bytes + self.info.window_bytes}
+
+    def free(self) -> None:
+        """Collective over the group: free the windows and the communicator."""
+        for w in self._windows:
+            w.free()
+        self.comm.Free()
+
+
+def push_codec(ctx, n: int):
+    """The codec of pushes of an ``n``-entry key range (None: dense pushes)."""
+    comm = ctx.cfg.comm
+    return make_codec(comm.compression, n, ctx.dtype, comm.topk_ratio, ctx.cfg.train.seed)
+
+
+def node_groups(ctx, theta: np.ndarray) -> tuple["NodeGroup | None", tuple[int, ...]]:
+    """Collective over the world: this worker's node group (None without aggregation)
+    and the ranks that push to the servers (every worker, or one per node group).
+
+    A node whose workers cannot share memory (``MPISGD_NO_SHM``) does not aggregate:
+    its workers push on their own, with a warning; the servers learn who pushes.
+    """
+    topo, roles = ctx.topo, ctx.roles
+    worker = not roles.is_server(topo.rank)
+    aggregate = ctx.cfg.ps.node_aggregate and worker
+    comm = topo.world.Split(topo.node_index if aggregate else MPI.UNDEFINED, topo.rank)
+    group = None
+    if comm != MPI.COMM_NULL:
+        if comm.Get_size() > 1 and shm_possible(comm):
+            group = NodeGroup(comm, theta)
+        else:
+            if comm.Get_size() > 1:
+                warn_no_shm(comm, no_shm_reason())
+            comm.Free()
+    pusher = worker and (group is None or group.leader)
+    pushers = tuple(r for r, p in enumerate(topo.world.allgather(pusher)) if p)
+    return group, pushers
+
 
 class Server:
     """Server ranks only: hold a key range and its optimizer state; serve the workers."""
 
     def __init__(self, ctx, theta: np.ndarray, lo: int, hi: int, index: int, comm,
-                 start: int, opt_state: dict | None):
+                 start: int, opt_state: dict | None, workers: tuple[int, ...]):
         cfg = ctx.cfg
         self.ctx, self.cfg, self.theta, self.lo, self.hi = ctx, cfg, theta, lo, hi
         self.index, self.comm = index, comm   # comm: the servers' own communicator
-        self.workers = ctx.roles.workers
+        self.workers = workers   # the ranks that push: every worker, or a leader per node
         self.n_workers = len(self.workers)
         self.plan = make_plan(ctx)
         self.mode = cfg.ps.consistency
@@ -210,7 +358,10 @@ class Server:
         self.saver = Saver(ctx)
         self.interrupted = False
         self.checkpoint_path = None
-        self.inbox = [Message(hi - lo, theta.dtype) for _ in self.workers]
+        # Pushes arrive encoded when comm.compression is on (outbox: replies stay dense).
+        self.codec = push_codec(ctx, hi - lo)
+        self.inbox = [Message(hi - lo, theta.dtype) if self.codec is None
+                      else Message(self.codec.nbytes, np.uint8) for _ in self.workers]
         self.outbox = [Message(hi - lo, theta.dtype) for _ in self.workers]
         self.sends = [MPI.REQUEST_NULL] * self.n_workers
         self.recvs = [MPI.REQUEST_NULL] * self.n_workers
@@ -220,6 +371,7 @@ class Server:
         self.waiting: list[int] = []               # ssp: replies held back
         self.version = start
         self.acc = np.zeros(hi - lo, dtype=theta.dtype)
+        self.scratch = np.zeros(hi - lo, dtype=theta.dtype)
         self.counters = {"updates": 0, "dropped": 0, "dropped_from": Counter(),
                          "staleness": Counter(), "lead": Counter(),
                          "bytes_sent": 0, "bytes_received": 0}
@@ -233,6 +385,12 @@ class Server:
         self.t_epoch = time.perf_counter()
         self.warned = False
         self.poller = Poller(cfg.ps.poll_max_us * 1e-6, self._watchdog)
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of parameters, optimizer state and buffers this server allocated."""
+        state = sum(v.nbytes for k, v in self.optimizer.state().items() if k != "step")
+        boxes = sum(m.nbytes for m in self.inbox + self.outbox) + self.acc.nbytes
+        return {"params": self.theta.nbytes, "optimizer_state": state, "buffers": boxes}
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> dict:
@@ -286,9 +444,9 @@ class Server:
             if len(ready) < self.n_workers - self.cfg.ps.backup_workers:
                 return
             acc = self.acc
-            acc[:] = self.inbox[ready[0]].payload
-            for i in ready[1:]:   # worker order: the same sum on every run
-                acc += self.inbox[i].payload
+            acc[:] = 0
+            for i in ready:   # worker order: the same sum on every run
+                self._add_push(i, acc)
             count = sum(int(self.inbox[i].ints[H_COUNT]) for i in ready)
             loss = sum(float(self.inbox[i].floats[H_LOSS]) for i in ready)
             self._apply(acc, count, loss, self.version)
@@ -329,7 +487,13 @@ class Server:
             self.interrupted = True   # from now on every reply says stop
         step = int(msg.ints[H_STEP])
         self.counters["staleness"][self.version - int(msg.ints[H_BASE])] += 1
-        self._apply(msg.payload, int(msg.ints[H_COUNT]), float(msg.floats[H_LOSS]), step)
+        if self.codec is None:
+            grad = msg.payload
+        else:
+            grad = self.acc
+            grad[:] = 0
+            self._add_push(i, grad)
+        self._apply(grad, int(msg.ints[H_COUNT]), float(msg.floats[H_LOSS]), step)
         self.clock[i] = step + 1
         if msg.ints[H_FLAGS] & F_LAST:
             self._consume_and_reply(i, stop=True)
@@ -357,6 +521,14 @@ class Server:
             else:
                 keep.append(i)
         self.waiting = keep
+
+    def _add_push(self, i: int, out: np.ndarray) -> None:
+        """``out +=`` the gradient in worker i's push (decoded when compressed)."""
+        msg = self.inbox[i]
+        if self.codec is None:
+            out += msg.payload
+        else:
+            self.codec.decode_add(msg.payload, int(msg.ints[H_STEP]), out, self.scratch)
 
     # -- shared pieces -------------------------------------------------------------
     def _apply(self, grad: np.ndarray, count: int, loss_sum: float, step: int) -> None:
