@@ -9,7 +9,7 @@ that drift on a shared machine hits both alike:
   * in training: the time per step that a real training run spends in its collective
     (which includes waiting for the slowest rank) versus the bare call.
 Medians over repeats with min and max. Rank 0 prints a Markdown table and writes JSON
-to benchmarks/results/allreduce_overhead.json.
+to benchmarks/results/allreduce_overhead_<P>.json (``_<P>_quick.json`` with --quick).
 """
 
 from __future__ import annotations
@@ -32,21 +32,13 @@ tune_for_oversubscription()
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
+from benchmarks.common import per_call, stats  # noqa: E402
 from mpisgd.comm import make_topology  # noqa: E402
 from mpisgd.comm.reduce import BufferAllreduce  # noqa: E402
 
 
-def per_call(fn, calls: int, comm) -> float:
-    comm.Barrier()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    dt = (time.perf_counter() - t0) / calls
-    return comm.allreduce(dt, op=MPI.MAX)
 
 
-def stats(xs):
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def isolated(sizes, repeats, comm, dup):
@@ -82,9 +74,12 @@ def in_training(comm, topo, epochs: int):
     with contextlib.redirect_stdout(io.StringIO()), rank_threads(topo):
         summary = run(cfg, topo)
     steps = summary["steps"]
-    in_collective = summary["cost"]["ranks"][0]["comm"] / steps
-    waiting = summary["cost"]["ranks"][0]["wait"] / steps
-    buf = np.ones(summary["n_params"] + 2)
+    # Only rank 0's summary carries the cost report: every rank must take the same
+    # branch below, or the ranks without it would leave the next Barrier unmatched.
+    rank0 = comm.bcast(summary["cost"]["ranks"][0] if comm.Get_rank() == 0 else None, root=0)
+    in_collective = rank0["comm"] / steps
+    waiting = rank0["wait"] / steps
+    buf = np.ones(summary["n_params"] + 4)   # the mode's [gradient, loss, rows, 2 requests]
     bare = [per_call(lambda: comm.Allreduce(MPI.IN_PLACE, buf), 500, comm) for _ in range(5)]
     return {"steps": steps, "buffer_elements": buf.size, "in_training_s_per_step": in_collective,
             "waiting_s_per_step": waiting,
@@ -116,7 +111,8 @@ def main() -> None:
               f"vs bare {t['bare_s']['median']*1e6:.1f} us: ratio {t['ratio']:.2f}; waiting "
               f"for the slowest rank (a barrier before each reduction, measured apart): "
               f"{t['waiting_s_per_step']*1e6:.1f} us per step")
-        path = ROOT / "benchmarks" / "results" / f"allreduce_overhead_{comm.Get_size()}.json"
+        quick = "_quick" if args.quick else ""   # a quick run never replaces a full one
+        path = ROOT / "benchmarks" / "results" / f"allreduce_overhead_{comm.Get_size()}{quick}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
     topo.free()

@@ -66,7 +66,8 @@ def main() -> None:
         w, lv = r["write_s"], r["load_verify_s"]
         print(f"| {r['params']:,} | {w['median']:.3f} [{w['min']:.3f}, {w['max']:.3f}] | "
               f"{lv['median']:.3f} | {100 * r['overhead_at_60s']:.2f}% |")
-    out = ROOT / "benchmarks" / "results" / "checkpoint.json"
+    quick = "_quick" if args.quick else ""   # a quick run never replaces a full one
+    out = ROOT / "benchmarks" / "results" / f"checkpoint{quick}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
 

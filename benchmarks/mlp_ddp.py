@@ -106,7 +106,8 @@ def main() -> None:
     print(f"| mpisgd allreduce | {m:,.0f} [{min(ours):,.0f}, {max(ours):,.0f}] |")
     print(f"| PyTorch DDP (gloo) | {t:,.0f} [{min(theirs):,.0f}, {max(theirs):,.0f}] |")
     print(f"\nratio mpisgd / DDP: {m / t:.2f}")
-    path = ROOT / "benchmarks" / "results" / "mlp_ddp.json"
+    quick = "_quick" if args.quick else ""   # a quick run never replaces a full one
+    path = ROOT / "benchmarks" / "results" / f"mlp_ddp{quick}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"mpisgd": ours, "ddp": theirs, "ratio": m / t,
                                 "model": [FEATURES, 256, 256, CLASSES], "batch_per_rank": BATCH},

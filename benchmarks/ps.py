@@ -10,7 +10,8 @@
    servers whose ingest bandwidth is B, B measured here as point-to-point bandwidth).
 
 Jobs run one after another (never two MPI jobs at once on a small machine); medians
-over repeats with min and max. Writes benchmarks/results/ps.json and prints Markdown.
+over repeats with min and max. Writes benchmarks/results/ps.json (ps_quick.json with
+--quick) and prints Markdown.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ def main() -> None:
         print(f"| {k} | {m['median']:.4f} [{m['min']:.4f}, {m['max']:.4f}] | "
               f"{b['median']:.4f} [{b['min']:.4f}, {b['max']:.4f}] | "
               f"{lm['bound_seconds_per_step'][k]:.4f} |")
-    path = ROOT / "benchmarks" / "results" / "ps.json"
+    quick = "_quick" if args.quick else ""   # a quick run never replaces a full one
+    path = ROOT / "benchmarks" / "results" / f"ps{quick}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
 

@@ -26,11 +26,11 @@ USAGE = ("python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] 
          "[--resume auto|PATH] [--debug]")
 
 
-class _Parser(argparse.ArgumentParser):
+def _Parser(**kwargs) -> argparse.ArgumentParser:
     """argparse that raises instead of printing usage on every rank and exiting."""
+    from .predict import ArgParser
 
-    def error(self, message: str):
-        raise ConfigError(f"{message} (usage: {USAGE})", agreed=True)
+    return ArgParser(**kwargs)
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -84,6 +84,9 @@ def _collective(command, argv: list[str]) -> int:
     rank = MPI.COMM_WORLD.Get_rank()
     try:
         return command(argv)
+    except SystemExit as exc:   # --help: every rank parsed the same arguments and exits alike
+        sys.stdout.flush()
+        return exc.code if isinstance(exc.code, int) else 0
     except MpisgdError as exc:
         if exc.agreed:
             if rank == 0:

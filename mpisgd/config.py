@@ -132,6 +132,22 @@ class DataConfig:
     check_values: bool = _f(True, Check("bool"), "scan for NaN/Inf and bad labels at load")
     folds: int = _f(0, INT0, "k-fold: split rows into this many folds (0: use test_fraction)")
     fold: int = _f(0, INT0, "k-fold: the fold held out as the test set (0-based)")
+    placement: str = _f("partition", Check("choice", choices=("partition", "storage",
+                                                                "server")),
+                        "partition: each worker loads its block once; storage: workers "
+                        "read their assigned chunks from the HDF5 files every step; "
+                        "server (ps): servers hold the data and send workers chunks")
+    assign: str = _f("static", Check("choice", choices=("static", "random", "balanced",
+                                                         "locality")),
+                     "storage: who computes each chunk of a step (static ranges, seeded "
+                     "random, first come first served, node-local first)")
+    chunk_rows: int = _f(1024, INT1, "storage: rows per chunk (chunks never cross shards)")
+    prefetch: bool = _f(True, Check("bool"), "storage: read the next chunk in the background")
+    read_retries: int = _f(3, INT0, "retry a failed read this many times ...")
+    retry_delay: float = _f(0.05, NONNEG, "... waiting this long, doubled after each try")
+    on_read_error: str = _f("fail", Check("choice", choices=("fail", "skip")),
+                            "after the last retry: stop the job, or skip the chunk and "
+                            "report it")
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -233,6 +249,13 @@ class DebugConfig:
     fail_step: int = _f(-1, Check("int", lo=-1), "... at this step")
     slow_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank sleeps ...")
     slow_ms: float = _f(0.0, NONNEG, "... this many milliseconds before every step")
+    slow_factor: float = _f(1.0, Check("float", lo=1.0),
+                            "... and computes this many times slower (sleeps in proportion)")
+    read_fail_file: str = _f("", Check("str"), "fault injection: reads of shard files whose "
+                                               "path contains this fail ...")
+    read_fail_times: int = _f(0, INT0, "... the first N times on each rank ...")
+    read_fail_prob: float = _f(0.0, Check("float", lo=0.0, hi=1.0),
+                               "... and then with this probability (seeded per rank)")
 
 
 @dataclass
@@ -364,6 +387,16 @@ def validate(cfg: JobConfig) -> None:
     if cfg.train.sync_every > 1 and cfg.comm.compression != "none":
         raise ConfigError("train.sync_every > 1 averages parameters, not gradients; do not "
                           "combine it with comm.compression.")
+    if cfg.data.placement == "partition" and cfg.data.assign != "static":
+        raise ConfigError(f"data.assign = '{cfg.data.assign}' hands chunks to any worker, so "
+                          f"workers must read storage: set data.placement = 'storage' "
+                          f"(data.placement = 'partition' keeps each worker's own block).")
+    if cfg.data.placement == "server" and cfg.mode != "ps":
+        raise ConfigError("data.placement = 'server' has the parameter servers hold the data; "
+                          "it needs mode = 'ps'.")
+    if cfg.data.placement != "partition" and cfg.data.folds:
+        raise ConfigError(f"data.placement = '{cfg.data.placement}' does not support "
+                          f"data.folds (use 'partition').")
     if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
         raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
     if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):

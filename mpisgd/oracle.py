@@ -21,7 +21,9 @@ _BLOCK = 65536
 
 def available(ctx) -> bool:
     m = ctx.cfg.model
-    return ctx.model == "linear" and ctx.n_features <= MAX_FEATURES and not m.l1
+    # Storage placement keeps no training rows in memory to build the normal equations.
+    return (ctx.model == "linear" and ctx.n_features <= MAX_FEATURES and not m.l1
+            and ctx.X is not None)
 
 
 def solve(ctx) -> np.ndarray:

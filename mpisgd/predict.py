@@ -54,6 +54,13 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str):
         raise ConfigError(f"{message} (usage: {self.usage})", agreed=True)
 
+    def print_help(self, file=None):
+        # Every rank parses the same arguments: one copy of the help is enough.
+        from mpi4py import MPI
+
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            super().print_help(file)
+
 
 # ---------------------------------------------------------------------------------
 # The model file.

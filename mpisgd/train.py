@@ -25,6 +25,7 @@ from .comm import Topology, agree, agreed_call, bcast_value
 from .comm.roles import Roles, assign_roles
 from .config import JobConfig
 from .data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
+from .data.format import DatasetReader, default_block_rows
 from .data.partition import block_range, holdout_mask
 from .errors import ConfigError, DataError
 from .evaluation import evaluate, objective, truth_distance
@@ -48,8 +49,8 @@ class Context:
     run_dir: Path
     run_token: str                 # agreed random id of this run (checkpoint staging names)
     info: DatasetInfo
-    X: np.ndarray
-    y: np.ndarray
+    X: np.ndarray | None           # None with storage placement (read chunk by chunk)
+    y: np.ndarray | None
     row0: int                      # global id of X[0]
     train_rows: np.ndarray         # local indices of this rank's training rows
     first_train: int               # global training index of train_rows[0]
@@ -70,6 +71,7 @@ class Context:
     counters: dict = field(default_factory=lambda: {"bytes_sent": 0, "bytes_received": 0,
                                                     "rows": 0})
     timeline: Timeline = field(default_factory=lambda: Timeline(False))
+    data_report: dict = field(default_factory=dict)   # storage placement: this rank's reads
 
 
 def synth_path(cfg: JobConfig) -> Path:
@@ -144,7 +146,14 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
 
     t0 = time.perf_counter()
     lo, hi = my_block(info.n_rows)
-    X, y = agreed_call(world, _read_block, info, lo, hi, cfg.data.check_values)
+    if cfg.data.placement == "partition" and not cfg.data.folds:
+        _stream_if_too_big(cfg, topo, info, hi - lo)
+    # Storage placement reads training rows chunk by chunk while training; only the
+    # held-out rows are loaded here.
+    storage = cfg.data.placement != "partition"
+    X = y = None
+    if not storage:
+        X, y = agreed_call(world, _read_block, info, lo, hi, cfg.data.check_values)
     if test_info is not None:
         tlo, thi = my_block(test_info.n_rows)
         test_X, test_y = agreed_call(world, _read_block, test_info, tlo, thi,
@@ -161,7 +170,12 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
             held = holdout_mask(lo, hi, cfg.data.test_fraction, cfg.train.seed)
         train_rows = np.flatnonzero(~held).astype(np.int64)
         test_rows = np.flatnonzero(held).astype(np.int64)
-        test_X, test_y = X, y
+        if storage:
+            test_X, test_y = agreed_call(world, _read_rows_of, info, lo, test_rows,
+                                         cfg.data.check_values)
+            test_rows = np.arange(test_rows.size, dtype=np.int64)
+        else:
+            test_X, test_y = X, y
     io_time = time.perf_counter() - t0
 
     counts = np.array([train_rows.size, test_rows.size], dtype=np.int64)
@@ -192,6 +206,55 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
     return ctx
 
 
+def memory_budget(local_size: int) -> int:
+    """Bytes one rank may use for its data block: 80 % of the node's available memory
+    shared by its ranks (``MPISGD_MEMORY_BUDGET`` overrides, bytes per rank)."""
+    env = os.environ.get("MPISGD_MEMORY_BUDGET", "")
+    if env:
+        return int(env)
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return 1 << 62   # unknown: assume it fits
+    return int(0.8 * available / max(local_size, 1))
+
+
+def _stream_if_too_big(cfg: JobConfig, topo: Topology, info: DatasetInfo, rows: int) -> None:
+    """Collective: partition placement keeps each worker's block in memory; when any
+    block does not fit, every rank streams instead (storage placement, static chunks)."""
+    need = rows * (info.n_features * info.dtype.itemsize + info.y_dtype.itemsize)
+    too_big = topo.world.allreduce(int(need > memory_budget(topo.local_size)), op=MPI.MAX)
+    if too_big:
+        warn(f"a worker's block of '{info.path}' ({need / 2**20:.0f} MiB on some rank) does "
+             f"not fit in its share of memory: streaming it in chunks of "
+             f"{cfg.data.chunk_rows} rows (data.placement = 'storage', static assignment)")
+        cfg.data.placement, cfg.data.assign = "storage", "static"
+
+
+def _read_rows_of(info: DatasetInfo, lo: int, rows: np.ndarray, check: bool):
+    """Rows ``lo + rows`` (ascending) of the dataset, read block by block: memory holds
+    the selected rows, not the block."""
+    X = np.empty((rows.size, info.n_features), dtype=info.dtype)
+    y = np.empty(rows.size, dtype=info.y_dtype)
+    if rows.size == 0:
+        return X, y
+    step = default_block_rows(info.n_features, info.dtype.itemsize)
+    at = 0
+    with DatasetReader(info) as reader:
+        for a in range(lo + int(rows[0]), lo + int(rows[-1]) + 1, step):
+            b = min(a + step, lo + int(rows[-1]) + 1)
+            pick = rows[(rows >= a - lo) & (rows < b - lo)] - (a - lo)
+            if pick.size:
+                bx, by = reader.read(a, b)
+                X[at:at + pick.size], y[at:at + pick.size] = bx[pick], by[pick]
+                at += pick.size
+    if check:
+        check_values(X, y, info, f"held-out rows of '{info.path}'")
+    return X, y
+
+
 def _start_run_folder(cfg: JobConfig) -> Path:
     run = runfolder.create(cfg)
     runfolder.write_config(run, cfg)
@@ -208,12 +271,17 @@ def _warm_up_kernels(ctx: Context) -> None:
     theta = np.zeros(ctx.n_params, dtype=ctx.dtype)
     grad = np.empty_like(theta)
     one = ctx.train_rows[:1] if ctx.train_rows.size else np.empty(0, dtype=np.int64)
+    X, y = ctx.X, ctx.y
+    if X is None:   # storage placement: one row of zeros compiles the same kernels
+        X = np.zeros((1, ctx.n_features), dtype=ctx.dtype)
+        y = np.zeros(1, dtype=ctx.info.y_dtype)
+        one = one[:0] if one.size == 0 else np.zeros(1, dtype=np.int64)
     for turn in (0, 1):
         error = None
         if (ctx.topo.local_rank == 0) == (turn == 0):
             try:
-                kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, one, theta, grad)
-                kernels.spec_predict(ctx.spec, ctx.X[:1], theta)
+                kernels.spec_loss_grad(ctx.spec, X, y, one, theta, grad)
+                kernels.spec_predict(ctx.spec, X[:1], theta)
             except Exception as exc:  # noqa: BLE001 - agreed below
                 error = exc
         agree(ctx.topo.world, error)
@@ -281,6 +349,9 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
         final["oracle"] = oracle_report(ctx, final)
     ctx.timers["eval"] = eval_before + time.perf_counter() - t_eval
     ctx.timeline.add("eval", t_eval, time.perf_counter())
+    reports = topo.world.gather(ctx.data_report, root=0)
+    if reports is not None and cfg.data.placement != "partition":
+        final["data_io"] = data_io_summary(reports, ctx.roles.workers)
     t = ctx.timers
     slowest = topo.world.allreduce(t["compute"] + t["comm"], op=MPI.MAX)
     summary = {
@@ -318,6 +389,22 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
     bcast_value(topo.world, lambda: runfolder.write_summary(ctx.run_dir, summary))
     _print_final(summary, model_path if cfg.output.save_model else None)
     return summary
+
+
+def data_io_summary(reports: list[dict], workers) -> dict:
+    """Rank 0: storage placement's read counters, per worker and in all; warns about
+    skipped chunks, which must never pass unnoticed."""
+    per = {str(r): {k: v for k, v in reports[r].items() if k != "skipped"} for r in workers}
+    keys = ("chunks", "bytes", "retries", "skipped_chunks", "skipped_rows", "wait_s",
+            "local_chunks", "remote_chunks")
+    total = {k: sum(p.get(k, 0) for p in per.values()) for k in keys}
+    placed = total["local_chunks"] + total["remote_chunks"]
+    total["local_share"] = total["local_chunks"] / placed if placed else None
+    skipped = sorted({w for r in reports for w in r.get("skipped", [])})   # servers' too
+    if skipped:
+        warn(f"skipped {total['skipped_rows']} rows in {total['skipped_chunks']} chunk(s) "
+             f"that could not be read (data.on_read_error = 'skip'): " + "; ".join(skipped))
+    return {"per_worker": per, "total": total, "skipped": skipped}
 
 
 def oracle_report(ctx: Context, final: dict) -> dict:

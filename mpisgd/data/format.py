@@ -55,6 +55,8 @@ class DatasetInfo:
     true_b: float | np.ndarray | None = field(default=None, compare=False, repr=False)
     label_values: np.ndarray | None = field(default=None, compare=False, repr=False)
     feature_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
+    # From a manifest: the node index storing each shard (None: shared storage).
+    nodes: tuple[int | None, ...] | None = field(default=None, compare=False, repr=False)
     offsets: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
@@ -88,6 +90,49 @@ def _open_read(path: str) -> h5py.File:
     # No HDF5 file locking: shards are published by atomic rename, so a reader never
     # sees a file being written, and locks fail on some parallel file systems.
     return h5py.File(path, "r", locking=False)
+
+
+MANIFEST_SUFFIXES = (".toml", ".json")
+
+
+def read_manifest(path: str) -> list[dict]:
+    """The shards a manifest lists: ``[{"path", "rows" (or None), "node" (or None)}]``.
+
+    A manifest (TOML or JSON) holds ``shard = [{path = "...", rows = N, node = K}, ...]``;
+    relative paths are relative to the manifest, ``rows`` (checked against the file) and
+    ``node`` (the index of the node whose local disk holds the shard) are optional.
+    """
+    import json
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f) if path.endswith(".toml") else json.load(f)
+    except OSError as e:
+        raise DataError(f"cannot read manifest '{path}': {e.strerror or e}") from e
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise DataError(f"manifest '{path}' is not valid {path.rsplit('.', 1)[1].upper()}: "
+                        f"{e}") from e
+    entries = doc.get("shard") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"manifest '{path}' must list its shards as a non-empty 'shard' "
+                        f"array of tables with a 'path' each")
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
+    for i, e in enumerate(entries):
+        extra = set(e) - {"path", "rows", "node"} if isinstance(e, dict) else set()
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str) or extra:
+            raise DataError(f"manifest '{path}': shard {i} must be a table with a string "
+                            f"'path' and optional integer 'rows' and 'node'"
+                            + (f"; unknown keys {sorted(extra)}" if extra else ""))
+        for key in ("rows", "node"):
+            v = e.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise DataError(f"manifest '{path}': shard {i} has {key} = {v!r}; "
+                                f"expected an integer >= 0")
+        out.append({"path": os.path.join(base, e["path"]), "rows": e.get("rows"),
+                    "node": e.get("node")})
+    return out
 
 
 def _list_shards(path: str) -> list[str]:
@@ -242,7 +287,13 @@ def open_dataset(path) -> DatasetInfo:
     Raises DataError naming the file for anything that does not follow the format.
     """
     path = os.fspath(path)
-    metas = [_read_shard_meta(p) for p in _list_shards(path)]
+    listed = read_manifest(path) if path.endswith(MANIFEST_SUFFIXES) else None
+    files = [e["path"] for e in listed] if listed else _list_shards(path)
+    metas = [_read_shard_meta(p) for p in files]
+    for m, e in zip(metas, listed or []):
+        if e["rows"] is not None and e["rows"] != m["n_rows"]:
+            raise DataError(f"manifest '{path}' says '{m['path']}' has {e['rows']} rows, but "
+                            f"the file holds {m['n_rows']}")
     first = metas[0]
     for m in metas[1:]:
         for key in ("task", "n_features", "n_classes", "dtype"):
@@ -259,7 +310,8 @@ def open_dataset(path) -> DatasetInfo:
         rows=tuple(m["n_rows"] for m in metas), n_rows=n_rows,
         n_features=first["n_features"], task=first["task"], n_classes=first["n_classes"],
         dtype=first["dtype"], true_w=first["true_w"], true_b=first["true_b"],
-        label_values=first["label_values"], feature_names=first["feature_names"])
+        label_values=first["label_values"], feature_names=first["feature_names"],
+        nodes=tuple(e["node"] for e in listed) if listed else None)
 
 
 # ---------------------------------------------------------------------------------

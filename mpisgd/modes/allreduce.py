@@ -13,7 +13,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from .. import kernels, runfolder, signals
+from .. import runfolder, signals
 from ..comm import agree
 from ..comm.compress import make_codec
 from ..comm.reduce import CompressedAllreduce, make_reducer
@@ -23,6 +23,7 @@ from ..log import say
 from ..memory import node_memory
 from ..optim import clip_factor, learning_rate, sq_norm
 from ..progress import Progress
+from .batches import make_batches
 from .common import EarlyStopping, Hooks, Saver, StepPlan, check_finite, finish_gradient
 from .localsgd import Averager
 from .nodeparams import NodeParams
@@ -104,10 +105,23 @@ def _checkpoint_state(params: NodeParams, reduce, world) -> dict:
 
 def _loop(ctx, params: NodeParams, buf: np.ndarray, reduce, start_step: int,
           averager: "Averager | None") -> dict:
-    """The training loop over ``params`` (see :func:`fit`)."""
+    """The training loop over ``params`` (see :func:`fit`), with the job's batches."""
+    plan = make_batches(ctx, make_plan(ctx))
+    try:
+        stats = _steps(ctx, params, buf, reduce, start_step, averager, plan)
+    except Exception as exc:
+        # close() is collective (the balanced counter): only when every rank raises.
+        if getattr(exc, "agreed", False):
+            plan.close()
+        raise
+    plan.close()
+    ctx.data_report = plan.report()
+    return stats
+
+
+def _steps(ctx, params, buf, reduce, start_step, averager, plan) -> dict:
     cfg, world = ctx.cfg, ctx.topo.world
     P = ctx.n_params
-    plan = make_plan(ctx)
     spe, total = plan.steps_per_epoch, plan.total
     theta = params.theta
     grad = buf[:P]
@@ -127,25 +141,27 @@ def _loop(ctx, params: NodeParams, buf: np.ndarray, reduce, start_step: int,
     while step < total:
         epoch = step // spe
         t0 = time.perf_counter()
-        idx = plan.rows_for(step)
-        if trace is not None:
-            trace.setdefault(epoch, []).append(idx + ctx.row0)
         hooks.before_gradient(step)
-        loss_part = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
+        waited = plan.wait_s
+        loss_part, n_rows, ids = plan.gradient(step, theta, grad)
+        waited = plan.wait_s - waited
+        if trace is not None:
+            trace.setdefault(epoch, []).append(ids)
         if averager is not None:
             # Local SGD: a step on this rank's rows alone; averaging every k steps.
             lr = learning_rate(cfg.optimizer, step, epoch, total)
-            if idx.size:
-                finish_gradient(grad, idx.size, theta, cfg.model.l2, ctx.l2_mask)
+            if n_rows:
+                finish_gradient(grad, n_rows, theta, cfg.model.l2, ctx.l2_mask)
                 if cfg.optimizer.clip_norm:
                     grad *= ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
                 params.update(grad, lr, cfg.model.l1)
             period_loss += loss_part
-            period_rows += idx.size
+            period_rows += n_rows
             t1 = time.perf_counter()
             if not averager.due(step, spe, total):
-                timers["compute"] += t1 - t0
-                counters["rows"] += idx.size
+                timers["compute"] += t1 - t0 - waited
+                timers["data"] += waited
+                counters["rows"] += n_rows
                 step += 1
                 continue
             buf[P:] = (period_loss, period_rows, saver.time_due(), signals.requested())
@@ -158,7 +174,7 @@ def _loop(ctx, params: NodeParams, buf: np.ndarray, reduce, start_step: int,
             period_loss = period_rows = 0.0
         else:
             buf[P] = loss_part
-            buf[P + 1] = idx.size
+            buf[P + 1] = n_rows
             buf[P + 2] = saver.time_due()
             buf[P + 3] = signals.requested()
             if measure_wait:  # costs a barrier per step: for profiling only
@@ -179,9 +195,10 @@ def _loop(ctx, params: NodeParams, buf: np.ndarray, reduce, start_step: int,
             check_finite(loss, grad, step, lr)
             params.update(grad, lr, cfg.model.l1)
         t3 = time.perf_counter()
-        timers["compute"] += (t1 - t0) + (t3 - t2)
+        timers["compute"] += (t1 - t0) + (t3 - t2) - waited
+        timers["data"] += waited
         timers["comm"] += t2 - t1
-        counters["rows"] += idx.size
+        counters["rows"] += n_rows
         if timeline.events is not None:
             timeline.add("compute", t0, t1)
             timeline.add("allreduce", t1, t2)

@@ -24,7 +24,7 @@ from collections import Counter
 import numpy as np
 from mpi4py import MPI
 
-from .. import kernels, runfolder, signals
+from .. import runfolder, signals
 from ..comm import abort_job
 from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_SIGNAL, F_STOP, H_BASE, H_COUNT, H_FLAGS,
                         H_LOSS, H_STEP, H_VERSION, TAG_PUSH, TAG_REPLY, Message, Poller,
@@ -34,11 +34,13 @@ from ..comm.shm import SharedArray, no_shm_reason, shm_possible, sync_arrays, wa
 from ..errors import ConfigError, Interrupted
 from ..memory import node_memory
 from ..comm.roles import key_range
-from ..log import say, warn
+from ..log import warn
 from ..optim import (clip_factor, learning_rate, make_optimizer, slice_state, soft_threshold,
                      sq_norm)
 from ..progress import Progress
 from .allreduce import make_plan, write_trace
+from .batches import make_batches
+from .dataserve import DataServer
 from .common import Hooks, Saver, check_finite, finish_gradient
 
 
@@ -55,6 +57,7 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
     server_comm = world.Split(0 if roles.is_server(rank) else MPI.UNDEFINED, rank)
     t_train = time.perf_counter()
     group, pushers = node_groups(ctx, theta)
+    plan = make_batches(ctx, make_plan(ctx))
     if len(pushers) <= ctx.cfg.ps.backup_workers:   # the same list on every rank
         raise ConfigError(f"ps.backup_workers = {ctx.cfg.ps.backup_workers} must be smaller "
                           f"than the number of ranks that push gradients ({len(pushers)}: "
@@ -64,7 +67,7 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
         lo, hi = ranges[index]
         t_init = time.perf_counter()
         server = Server(ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
-                        slice_state(opt_state, lo, hi), pushers)
+                        slice_state(opt_state, lo, hi), pushers, plan)
         ctx.timers["setup"] += time.perf_counter() - t_init
         memory = node_memory(ctx.topo, server.held_bytes())
         stats = server.run()
@@ -73,12 +76,17 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
         if ctx.cfg.debug.trace_rows:
             write_trace(ctx, [])   # collective: servers take part with no rows
     else:
-        worker = Worker(ctx, theta, ranges, start_step, group)
+        worker = Worker(ctx, theta, ranges, start_step, plan, group)
         memory = node_memory(ctx.topo, worker.held_bytes())
         stats = worker.run()
         if group is not None:
             group.free()
         mine = np.empty(0, dtype=theta.dtype)
+    plan.close()   # collective (the balanced counter's window)
+    ctx.data_report = plan.report()
+    if roles.is_server(rank) and server.data is not None:
+        ctx.data_report = {"served_bytes": server.data.sent_bytes, **server.data.report,
+                           "skipped": server.data.skipped}
     for key in ("bytes_sent", "bytes_received"):
         ctx.counters[key] += stats[key]
     t_tail = time.perf_counter()   # assembling the result and the counters: communication
@@ -147,10 +155,10 @@ class Worker:
     """
 
     def __init__(self, ctx, theta: np.ndarray, ranges: list[tuple[int, int]], start: int,
-                 group: "NodeGroup | None" = None):
+                 plan, group: "NodeGroup | None" = None):
         self.ctx, self.ranges, self.start, self.group = ctx, ranges, start, group
         self.servers = ctx.roles.servers
-        self.plan = make_plan(ctx)
+        self.plan = plan   # where the worker's rows of each step come from (modes.batches)
         self.sync = ctx.cfg.ps.consistency == "bsp"
         self.pusher = group is None or group.leader
         if self.pusher:
@@ -176,12 +184,13 @@ class Worker:
         interrupted = False
         while step < plan.total:
             t0 = time.perf_counter()
-            idx = plan.rows_for(step)
-            if trace is not None:
-                trace.setdefault(step // plan.steps_per_epoch, []).append(idx + ctx.row0)
             self.hooks.before_gradient(step)
-            loss = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, self.out)
-            count, signal = idx.size, signals.requested()
+            waited = plan.wait_s
+            loss, count, ids = plan.gradient(step, theta, self.out)
+            waited = plan.wait_s - waited
+            if trace is not None:
+                trace.setdefault(step // plan.steps_per_epoch, []).append(ids)
+            signal = signals.requested()
             t1 = time.perf_counter()
             if group is None:
                 version, stop, flagged = self._exchange(step, version, self.grad, count,
@@ -195,9 +204,10 @@ class Worker:
             interrupted |= flagged
             t2 = time.perf_counter()
             self.counters["steps_done"] += 1
-            timers["compute"] += (t1 - t0) + (time.perf_counter() - t2)
+            timers["compute"] += (t1 - t0) + (time.perf_counter() - t2) - waited
+            timers["data"] += waited
             timers["comm"] += t2 - t1
-            ctx.counters["rows"] += idx.size
+            ctx.counters["rows"] += count
             ctx.timeline.add("compute", t0, t1)
             ctx.timeline.add("push+pull", t1, t2)
             if stop:
@@ -205,6 +215,7 @@ class Worker:
             # bsp: the servers' version is the next global step (a dropped worker skips
             # ahead to it); asp/ssp: every worker walks its own steps.
             step = max(step + 1, version) if self.sync else step + 1
+        plan.finish_reads()   # before any collective: servers may be answering data requests
         if trace is not None:
             write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
         return {**self.counters, "version": version, "epochs": 0, "steps_per_epoch": 0,
@@ -343,13 +354,13 @@ class Server:
     """Server ranks only: hold a key range and its optimizer state; serve the workers."""
 
     def __init__(self, ctx, theta: np.ndarray, lo: int, hi: int, index: int, comm,
-                 start: int, opt_state: dict | None, workers: tuple[int, ...]):
+                 start: int, opt_state: dict | None, workers: tuple[int, ...], plan):
         cfg = ctx.cfg
         self.ctx, self.cfg, self.theta, self.lo, self.hi = ctx, cfg, theta, lo, hi
         self.index, self.comm = index, comm   # comm: the servers' own communicator
         self.workers = workers   # the ranks that push: every worker, or a leader per node
         self.n_workers = len(self.workers)
-        self.plan = make_plan(ctx)
+        self.plan = plan   # steps per epoch and in all
         self.mode = cfg.ps.consistency
         self.mask = ctx.l2_mask[lo:hi]
         self.optimizer = make_optimizer(cfg.optimizer, hi - lo, theta.dtype, decay_mask=ctx.l2_mask[lo:hi])
@@ -385,6 +396,9 @@ class Server:
         self.t_epoch = time.perf_counter()
         self.warned = False
         self.poller = Poller(cfg.ps.poll_max_us * 1e-6, self._watchdog)
+        # Server placement: this server's part of the dataset, served to the workers.
+        self.data = (DataServer(ctx, index, len(ctx.roles.servers), plan.table)
+                     if cfg.data.placement == "server" else None)
 
     def held_bytes(self) -> dict[str, int]:
         """Bytes of parameters, optimizer state and buffers this server allocated."""
@@ -398,9 +412,16 @@ class Server:
         for i, w in enumerate(self.workers):
             self.recvs[i] = world.Irecv(self.inbox[i].spec, w, TAG_PUSH)
         timers = self.ctx.timers
+        n = self.n_workers
         while not all(self.stopped):
             t0 = time.perf_counter()
-            done = self.poller.wait_some(self.recvs)
+            if self.data is None:
+                done = self.poller.wait_some(self.recvs)
+            else:   # data requests are answered as they come, between pushes
+                done = self.poller.wait_some(self.recvs + self.data.recvs)
+                for i in [i - n for i in done if i >= n]:
+                    self.data.serve(i)
+                done = [i for i in done if i < n]
             t1 = time.perf_counter()
             for i in done:
                 self.held[i] = True
@@ -416,6 +437,9 @@ class Server:
             self.ctx.timeline.add("wait", t0, t1)
             self.ctx.timeline.add("apply+reply", t1, time.perf_counter())
         MPI.Request.Waitall(self.sends)
+        if self.data is not None:
+            self.data.finish(self.poller)
+            self.counters["bytes_sent"] += self.data.sent_bytes
         if self.mode != "bsp":
             # Asynchronous servers are not in step, so they checkpoint once, here, at the
             # end (of training, or after a signal), all together.

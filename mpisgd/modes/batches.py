@@ -1,0 +1,220 @@
+"""Where a worker's share of each global step comes from: its in-memory block
+(``data.placement = "partition"``) or chunks read from storage (``"storage"``).
+
+Both give the training loops one call, ``gradient(step, theta, grad)`` -> (loss sum, rows,
+global row ids), so allreduce and parameter-server modes do not care where rows live.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from .. import kernels
+from ..data.chunks import (assign, chunk_table, chunks_per_step, epoch_order,
+                           locality_order, step_chunks)
+from ..data.partition import holdout_mask
+from ..data.source import ChunkReader
+from .dataserve import ServerChunkSource, owner
+
+
+class RowBatches:
+    """Partition placement: the worker's rows of every global minibatch, from memory."""
+
+    def __init__(self, ctx, plan):
+        self.ctx, self.plan = ctx, plan
+        self.steps_per_epoch, self.total, self.batch = plan.steps_per_epoch, plan.total, plan.batch
+        self.slow = _slowdown(ctx)
+        self.wait_s = 0.0
+
+    def gradient(self, step: int, theta: np.ndarray, grad: np.ndarray):
+        ctx = self.ctx
+        idx = self.plan.rows_for(step)
+        t0 = time.perf_counter()
+        loss = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
+        if self.slow:
+            time.sleep(self.slow * (time.perf_counter() - t0))
+        return loss, idx.size, idx + ctx.row0
+
+    def report(self) -> dict:
+        return {}
+
+    def finish_reads(self) -> None:
+        """Nothing in flight."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _slowdown(ctx) -> float:
+    """Test hook: extra sleep per second of compute on ``debug.slow_rank`` (factor - 1)."""
+    debug = ctx.cfg.debug
+    return debug.slow_factor - 1.0 if debug.slow_rank == ctx.topo.rank else 0.0
+
+
+def make_batches(ctx, plan):
+    """Collective over the world: the job's batches (``plan``: the partition's StepPlan)."""
+    if ctx.cfg.data.placement == "partition":
+        return RowBatches(ctx, plan)
+    nodes = np.array(ctx.topo.world.allgather(ctx.topo.node_index), dtype=np.int64)
+    workers = np.asarray(ctx.roles.workers, dtype=np.int64)
+    return ChunkBatches(ctx, ctx.roles.worker_index(ctx.topo.rank), nodes[workers])
+
+
+class ChunkBatches:
+    """Storage or server placement: the chunks of each step that ``data.assign`` gives this
+    worker, read with retries and a background prefetch (data.chunks, data.source), or
+    asked of the parameter server that holds them (modes.dataserve).
+
+    Collective over the world at creation and :meth:`close` (the balanced counter's window).
+    """
+
+    def __init__(self, ctx, worker: int, worker_nodes: np.ndarray):
+        cfg, info = ctx.cfg, ctx.info
+        self.ctx, self.worker, self.worker_nodes = ctx, worker, worker_nodes
+        self.policy = cfg.data.assign
+        self.table = chunk_table(info.offsets, cfg.data.chunk_rows, info.nodes)
+        self.per_step = chunks_per_step(self.table.n, cfg.train.batch_size, cfg.data.chunk_rows)
+        self.steps_per_epoch = -(-self.table.n // self.per_step)
+        total = cfg.train.epochs * self.steps_per_epoch
+        self.total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+        self.batch = self.per_step * cfg.data.chunk_rows   # nominal rows per step
+        # Held-out rows stay out of training: the same per-row rule as partition placement.
+        self.fraction = 0.0 if cfg.data.test else cfg.data.test_fraction
+        self.seed, self.shuffle = cfg.train.seed, cfg.train.shuffle
+        self.reader = None
+        self.chunk_node = self.table.node   # where each chunk is stored (-1: shared)
+        if cfg.data.placement == "server":
+            n_servers = len(ctx.roles.servers)
+            rank_nodes = ctx.topo.world.allgather(ctx.topo.node_index)
+            owners = [rank_nodes[ctx.roles.servers[owner(self.table.n, n_servers, c)]]
+                      for c in range(self.table.n)]
+            self.chunk_node = np.asarray(owners, dtype=np.int64)
+            if worker >= 0:
+                self.reader = ServerChunkSource(ctx, n_servers, self.table)
+        elif worker >= 0:
+            self.reader = ChunkReader(info, cfg.data, cfg.debug, ctx.topo.rank)
+        # The reader's live counters (kept after it is closed).
+        self._stats = self.reader.stats if self.reader is not None else {}
+        self._skipped = self.reader.skipped if self.reader is not None else []
+        self.counter = BalancedCounter(ctx.topo.world, self.total) \
+            if self.policy == "balanced" else None
+        self.slow = _slowdown(ctx)
+        self.node = worker_nodes[worker] if worker >= 0 else -1
+        self.local = self.remote = 0
+        self._order_epoch, self._order = -1, None
+        self._scratch = np.empty(ctx.n_params, dtype=ctx.dtype)
+        self.wait_s = 0.0
+
+    # -- which chunks --------------------------------------------------------------
+    def step_set(self, step: int) -> np.ndarray:
+        """Every chunk of global ``step``, in step order (the same on every rank)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch != self._order_epoch:
+            self._order_epoch = epoch
+            self._order = (locality_order(self.table, self.worker_nodes, self.seed, epoch,
+                                          self.shuffle, self.per_step)
+                           if self.policy == "locality" else
+                           epoch_order(self.table.n, self.seed, epoch, self.shuffle))
+        return step_chunks(self._order, self.per_step, k)
+
+    def mine(self, step: int) -> np.ndarray:
+        """This worker's chunks of ``step`` (static, random or locality)."""
+        return assign(self.policy, self.step_set(step), self.table, self.worker_nodes,
+                      self.worker, self.seed, step)
+
+    def _claims(self, step: int):
+        """The chunks this worker computes in ``step``, prefetching one ahead."""
+        t = self.table
+        if self.counter is not None:
+            chunks = self.step_set(step)
+            nxt = self.counter.claim(step)
+            while nxt < chunks.size:
+                cur = chunks[nxt]
+                nxt = self.counter.claim(step)   # claim the next before computing this one
+                if nxt < chunks.size:
+                    self.reader.request(int(chunks[nxt]), t.lo[chunks[nxt]], t.hi[chunks[nxt]])
+                yield int(cur)
+            return
+        mine = self.mine(step)
+        self.reader.forget(set(int(c) for c in mine))
+        following = list(mine[1:])
+        if step + 1 < self.total:   # the next step's first chunk, read during this one's last
+            following += list(self.mine(step + 1)[:1])
+        for cur, nxt in zip(mine, following + [None]):
+            if nxt is not None:
+                self.reader.request(int(nxt), t.lo[nxt], t.hi[nxt])
+            yield int(cur)
+
+    # -- the gradient ------------------------------------------------------------------
+    def gradient(self, step: int, theta: np.ndarray, grad: np.ndarray):
+        ctx, t = self.ctx, self.table
+        grad[:] = 0
+        loss, count, ids = 0.0, 0, []
+        waited = self.reader.stats["wait_s"]
+        for c in self._claims(step):
+            data = self.reader.get(c, t.lo[c], t.hi[c])
+            if self.chunk_node[c] >= 0 and self.chunk_node[c] == self.node:
+                self.local += 1
+            else:
+                self.remote += 1
+            if data is None:   # skipped after its retries: counted by the reader
+                continue
+            X, y = data
+            rows = np.flatnonzero(~holdout_mask(int(t.lo[c]), int(t.hi[c]), self.fraction,
+                                                self.seed)).astype(np.int64)
+            t0 = time.perf_counter()
+            loss += kernels.spec_loss_grad(ctx.spec, X, y, rows, theta, self._scratch)
+            grad += self._scratch
+            if self.slow:   # test hook: this rank computes slow_factor times slower
+                time.sleep(self.slow * (time.perf_counter() - t0))
+            count += rows.size
+            ids.append(rows + t.lo[c])
+        self.wait_s += self.reader.stats["wait_s"] - waited
+        return loss, count, (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64))
+
+    def report(self) -> dict:
+        """This worker's data counters for the run summary (after :meth:`close`)."""
+        return {**self._stats, "local_chunks": self.local, "remote_chunks": self.remote,
+                "skipped": list(self._skipped)}
+
+    def finish_reads(self) -> None:
+        """This worker is done reading (not collective): stop the prefetch thread; under
+        server placement, drain the answers in flight and say bye to the servers, which
+        must happen before any collective the servers would wait in."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def close(self) -> None:
+        """Collective over the world (the balanced counter's window)."""
+        self.finish_reads()
+        if self.counter is not None:
+            self.counter.free()
+
+
+class BalancedCounter:
+    """Collective over ``comm``: one counter per global step on rank 0, taken with an atomic
+    MPI fetch-and-add, so workers hand the chunks of a step out first come, first served."""
+
+    def __init__(self, comm: MPI.Intracomm, steps: int):
+        n = max(steps, 1) if comm.Get_rank() == 0 else 0
+        self.win = MPI.Win.Allocate(n * 8, 8, comm=comm)
+        if comm.Get_rank() == 0:
+            np.frombuffer(self.win.tomemory(), dtype=np.int64)[:] = 0
+        comm.Barrier()
+        self.win.Lock_all()
+        self._one = np.ones(1, dtype=np.int64)
+        self._got = np.zeros(1, dtype=np.int64)
+
+    def claim(self, step: int) -> int:
+        """The next unclaimed chunk index of ``step`` (may be past its last chunk)."""
+        self.win.Fetch_and_op(self._one, self._got, 0, step, MPI.SUM)
+        self.win.Flush(0)
+        return int(self._got[0])
+
+    def free(self) -> None:
+        self.win.Unlock_all()
+        self.win.Free()

@@ -1,0 +1,165 @@
+"""``data.placement = "server"``: parameter servers hold the split dataset and send the
+chunks workers ask for, beside the parameters.
+
+Server s holds the chunks of its block of the chunk table (``owner``), read once at
+start through a :class:`~mpisgd.data.source.ChunkReader` (so with retries). A worker asks
+for chunk c with a one-int64 request (``TAG_DATA_REQ``) to its owner and receives the
+chunk's rows as one byte message (``TAG_DATA``: X then y). Requests are non-blocking, so
+the next chunk is asked for while this one is computed (the prefetch of storage
+placement). The server answers requests inside its event loop, between pushes.
+
+Ending: when a worker is done it sends ``BYE`` (-1) to every server; a server keeps
+answering until every worker said bye. Requests a worker sent before its bye (a prefetch
+for a step it never ran) are therefore answered, and the worker receives and drops them
+before saying bye, so no message is ever left unmatched.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+from ..data.partition import block_range
+from ..data.source import ChunkReader
+
+TAG_DATA_REQ = 103   # worker -> server: int64 chunk id (or BYE)
+TAG_DATA = 104       # server -> worker: the chunk's X rows then y, as bytes
+BYE = -1
+
+
+def owner(table_n: int, n_servers: int, chunk: int) -> int:
+    """The server index holding ``chunk``: contiguous blocks of the chunk table."""
+    for s in range(n_servers):
+        lo, hi = block_range(table_n, n_servers, s)
+        if lo <= chunk < hi:
+            return s
+    raise ValueError(f"chunk {chunk} is outside a table of {table_n} chunks")
+
+
+def _row_bytes(info) -> int:
+    return info.n_features * info.dtype.itemsize + info.y_dtype.itemsize
+
+
+class DataServer:
+    """One server rank's part of the dataset and its answers to workers' requests."""
+
+    def __init__(self, ctx, index: int, n_servers: int, table):
+        self.ctx, self.table = ctx, table
+        info = ctx.info
+        self.first, last = block_range(table.n, n_servers, index)
+        reader = ChunkReader(info, ctx.cfg.data, ctx.cfg.debug, ctx.topo.rank)
+        t0 = time.perf_counter()
+        try:
+            # One contiguous byte block per chunk, laid out as it is sent: X rows, then y.
+            self.blocks = []
+            for c in range(self.first, last):
+                data = reader.get(c, table.lo[c], table.hi[c])
+                if data is None:   # skipped after retries: the workers get an empty chunk
+                    self.blocks.append(np.empty(0, dtype=np.uint8))
+                    continue
+                X, y = data
+                self.blocks.append(np.concatenate([X.reshape(-1).view(np.uint8),
+                                                   y.view(np.uint8)]))
+        finally:
+            reader.close()
+        self.report = dict(reader.stats)
+        self.skipped = list(reader.skipped)
+        ctx.timers["data"] += time.perf_counter() - t0
+        self.workers = ctx.roles.workers
+        world = ctx.topo.world
+        self.asks = [np.zeros(1, dtype=np.int64) for _ in self.workers]
+        self.recvs = [world.Irecv(a, w, TAG_DATA_REQ) for a, w in zip(self.asks, self.workers)]
+        self.sends: list[MPI.Request] = []
+        self.bye = [False] * len(self.workers)
+        self.sent_bytes = 0
+
+    def serve(self, i: int) -> None:
+        """Answer worker i's request (its receive completed) and listen again."""
+        chunk = int(self.asks[i][0])
+        world = self.ctx.topo.world
+        if chunk == BYE:
+            self.bye[i] = True
+            self.recvs[i] = MPI.REQUEST_NULL
+            return
+        block = self.blocks[chunk - self.first]
+        # Chunks are never modified: send straight from the block, no copy.
+        self.sends.append(world.Isend([block, MPI.BYTE], self.workers[i], TAG_DATA))
+        self.sent_bytes += block.nbytes
+        self.recvs[i] = world.Irecv(self.asks[i], self.workers[i], TAG_DATA_REQ)
+        if len(self.sends) > 64:   # keep the list short: drop completed sends
+            self.sends = [r for r in self.sends if not r.Test()]
+
+    def done(self) -> bool:
+        return all(self.bye)
+
+    def finish(self, poller) -> None:
+        """After training: answer until every worker said bye; complete every send."""
+        while not self.done():
+            for i in poller.wait_some(self.recvs):
+                self.serve(i)
+        MPI.Request.Waitall(self.sends)
+        self.sends = []
+
+
+class ServerChunkSource:
+    """A worker's chunk source under server placement: the ChunkReader interface."""
+
+    def __init__(self, ctx, n_servers: int, table):
+        self.ctx, self.table, self.info = ctx, table, ctx.info
+        self.servers = ctx.roles.servers
+        self.n_servers = n_servers
+        self.pending: dict[int, tuple[MPI.Request, np.ndarray]] = {}
+        self.stats = {"chunks": 0, "bytes": 0, "retries": 0, "skipped_chunks": 0,
+                      "skipped_rows": 0, "wait_s": 0.0}
+        self.skipped: list[str] = []
+        self._ask = {}   # per chunk: its request message (kept alive until sent)
+
+    def request(self, key: int, lo: int, hi: int) -> None:
+        if key in self.pending:
+            return
+        world = self.ctx.topo.world
+        server = self.servers[owner(self.table.n, self.n_servers, key)]
+        buf = np.empty((hi - lo) * _row_bytes(self.info), dtype=np.uint8)
+        recv = world.Irecv([buf, MPI.BYTE], server, TAG_DATA)
+        ask = np.array([key], dtype=np.int64)
+        send = world.Isend(ask, server, TAG_DATA_REQ)
+        self._ask[key] = (send, ask)
+        self.pending[key] = (recv, buf)
+
+    def get(self, key: int, lo: int, hi: int):
+        self.request(key, lo, hi)
+        recv, buf = self.pending.pop(key)
+        t0 = time.perf_counter()
+        status = MPI.Status()
+        recv.Wait(status)
+        send, _ = self._ask.pop(key)
+        send.Wait()
+        self.stats["wait_s"] += time.perf_counter() - t0
+        n = int(hi - lo)
+        if status.Get_count(MPI.BYTE) == 0 and n:   # the server skipped this chunk
+            self.stats["skipped_chunks"] += 1
+            self.stats["skipped_rows"] += n
+            return None
+        info = self.info
+        split = n * info.n_features * info.dtype.itemsize
+        X = buf[:split].view(info.dtype).reshape(n, info.n_features)
+        y = buf[split:].view(info.y_dtype)
+        self.stats["chunks"] += 1
+        self.stats["bytes"] += buf.nbytes
+        return X, y
+
+    def forget(self, keep) -> None:
+        """Requests already sent are answered: receive and drop the ones not needed."""
+        for key in [k for k in self.pending if k not in keep]:
+            recv, _ = self.pending.pop(key)
+            recv.Wait()
+            self._ask.pop(key)[0].Wait()
+
+    def close(self) -> None:
+        """Drain answers to requests still in flight, then say bye to every server."""
+        self.forget(set())
+        world = self.ctx.topo.world
+        bye = np.array([BYE], dtype=np.int64)
+        MPI.Request.Waitall([world.Isend(bye, s, TAG_DATA_REQ) for s in self.servers])
