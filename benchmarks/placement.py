@@ -2,7 +2,8 @@
 
     python benchmarks/placement.py [--quick]     # launches its own MPI jobs, one at a time
 
-Part 1: storage placement at 4 ranks, rank 1 computing 4x slower (``debug.slow_factor``),
+Part 1: storage placement at 4 ranks, rank 1 reading and computing each chunk 4x slower
+(``debug.slow_factor``),
 32 chunks per step: epoch time of ``data.assign = "balanced"`` versus ``"static"``, runs
 interleaved repeat by repeat; the speedup is the median of per-repeat ratios (aim 1.5x).
 
@@ -51,7 +52,7 @@ def drop_page_cache() -> bool:
 def balance(tmp: Path, quick: bool, env: dict) -> dict:
     rows = 64_000 if quick else 256_000
     repeats = 2 if quick else 5
-    base = [f"data.synth.rows={rows}", "data.synth.features=50", "data.synth.shards=4",
+    base = [f"data.synth.rows={rows}", "data.synth.features=200", "data.synth.shards=4",
             "data.synth.dtype='float32'", "data.placement='storage'", "data.chunk_rows=1000",
             "train.batch_size=32000", "train.epochs=2", "optimizer.lr=0.1",
             "debug.slow_rank=1", "debug.slow_factor=4", "output.progress='none'",

@@ -250,7 +250,8 @@ class DebugConfig:
     slow_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank sleeps ...")
     slow_ms: float = _f(0.0, NONNEG, "... this many milliseconds before every step")
     slow_factor: float = _f(1.0, Check("float", lo=1.0),
-                            "... and computes this many times slower (sleeps in proportion)")
+                            "... and reads and computes this many times slower (sleeps in "
+                            "proportion)")
     read_fail_file: str = _f("", Check("str"), "fault injection: reads of shard files whose "
                                                "path contains this fail ...")
     read_fail_times: int = _f(0, INT0, "... the first N times on each rank ...")

@@ -22,7 +22,7 @@ from ..errors import CommError, MpisgdError
 
 @dataclass
 class Topology:
-    """Who is where: the world (a duplicate), the node, and node leaders.
+    """Who is where: the world (a duplicate), the node, and the node leaders.
 
     ``ranks_per_node`` > 0 splits one machine into emulated nodes of that many
     consecutive ranks (``MPISGD_RANKS_PER_NODE``), so multi-node code paths run here.
@@ -30,6 +30,7 @@ class Topology:
 
     world: MPI.Intracomm
     node: MPI.Intracomm
+    leaders: MPI.Intracomm         # local rank 0 of every node; COMM_NULL elsewhere
     rank: int
     size: int
     local_rank: int
@@ -40,7 +41,7 @@ class Topology:
 
     def free(self) -> None:
         """Collective over the world: release the duplicated communicators."""
-        for comm in (self.node, self.world):
+        for comm in (self.leaders, self.node, self.world):
             if comm != MPI.COMM_NULL:
                 comm.Free()
 
@@ -67,7 +68,9 @@ def make_topology(ranks_per_node: int = 0) -> Topology:
     # Node index: order nodes by their lowest world rank, known to every rank.
     leader = node.bcast(rank if local_rank == 0 else None, root=0)
     leaders = sorted(set(world.allgather(leader)))
-    return Topology(world=world, node=node, rank=rank, size=size, local_rank=local_rank,
+    across = world.Split(0 if local_rank == 0 else MPI.UNDEFINED, rank)
+    return Topology(world=world, node=node, leaders=across, rank=rank, size=size,
+                    local_rank=local_rank,
                     local_size=local_size, node_index=leaders.index(leader),
                     node_count=len(leaders), emulated=bool(ranks_per_node))
 

@@ -155,23 +155,22 @@ class ChunkBatches:
         loss, count, ids = 0.0, 0, []
         waited = self.reader.stats["wait_s"]
         for c in self._claims(step):
+            t0 = time.perf_counter()
             data = self.reader.get(c, t.lo[c], t.hi[c])
             if self.chunk_node[c] >= 0 and self.chunk_node[c] == self.node:
                 self.local += 1
             else:
                 self.remote += 1
-            if data is None:   # skipped after its retries: counted by the reader
-                continue
-            X, y = data
-            rows = np.flatnonzero(~holdout_mask(int(t.lo[c]), int(t.hi[c]), self.fraction,
-                                                self.seed)).astype(np.int64)
-            t0 = time.perf_counter()
-            loss += kernels.spec_loss_grad(ctx.spec, X, y, rows, theta, self._scratch)
-            grad += self._scratch
-            if self.slow:   # test hook: this rank computes slow_factor times slower
+            if data is not None:   # None: skipped after its retries (counted by the reader)
+                X, y = data
+                rows = np.flatnonzero(~holdout_mask(int(t.lo[c]), int(t.hi[c]),
+                                                    self.fraction, self.seed)).astype(np.int64)
+                loss += kernels.spec_loss_grad(ctx.spec, X, y, rows, theta, self._scratch)
+                grad += self._scratch
+                count += rows.size
+                ids.append(rows + t.lo[c])
+            if self.slow:   # test hook: this rank reads and computes slow_factor x slower
                 time.sleep(self.slow * (time.perf_counter() - t0))
-            count += rows.size
-            ids.append(rows + t.lo[c])
         self.wait_s += self.reader.stats["wait_s"] - waited
         return loss, count, (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64))
 

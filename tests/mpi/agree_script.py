@@ -50,6 +50,13 @@ rpn = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 if rpn:
     if topo.local_size != min(rpn, size - (rank // rpn) * rpn) or topo.node_index != rank // rpn:
         raise SystemExit(f"rank {rank}: topology {topo}")
+    # The leaders' communicator: exactly the first rank of every node, in node order.
+    if (topo.leaders != MPI.COMM_NULL) != (topo.local_rank == 0):
+        raise SystemExit(f"rank {rank}: leaders communicator on a non-leader or missing")
+    if topo.local_rank == 0 and (topo.leaders.Get_size() != topo.node_count
+                                 or topo.leaders.Get_rank() != topo.node_index):
+        raise SystemExit(f"rank {rank}: leaders {topo.leaders.Get_rank()}/"
+                         f"{topo.leaders.Get_size()} for node {topo.node_index}")
     checks.append("topology")
 
 # The library's communicator is a duplicate: not COMM_WORLD itself.
