@@ -15,11 +15,9 @@ to benchmarks/results/allreduce_overhead_<P>.json (``_<P>_quick.json`` with --qu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +30,7 @@ tune_for_oversubscription()
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from benchmarks.common import per_call, stats  # noqa: E402
+from benchmarks.common import per_call, stats, write_json  # noqa: E402
 from mpisgd.comm import make_topology  # noqa: E402
 from mpisgd.comm.reduce import BufferAllreduce  # noqa: E402
 
@@ -111,10 +109,7 @@ def main() -> None:
               f"vs bare {t['bare_s']['median']*1e6:.1f} us: ratio {t['ratio']:.2f}; waiting "
               f"for the slowest rank (a barrier before each reduction, measured apart): "
               f"{t['waiting_s_per_step']*1e6:.1f} us per step")
-        quick = "_quick" if args.quick else ""   # a quick run never replaces a full one
-        path = ROOT / "benchmarks" / "results" / f"allreduce_overhead_{comm.Get_size()}{quick}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+        write_json(f"allreduce_overhead_{comm.Get_size()}", args.quick, result)   # _quick: never replaces a full run
     topo.free()
 
 

@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import write_json  # noqa: E402
 
 
 def run_job(n: int, args: list[str], out: Path) -> dict:
@@ -166,10 +169,7 @@ def main() -> None:
         print(f"| {k} | {m['median']:.4f} [{m['min']:.4f}, {m['max']:.4f}] | "
               f"{b['median']:.4f} [{b['min']:.4f}, {b['max']:.4f}] | "
               f"{lm['bound_seconds_per_step'][k]:.4f} |")
-    quick = "_quick" if args.quick else ""   # a quick run never replaces a full one
-    path = ROOT / "benchmarks" / "results" / f"ps{quick}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    write_json("ps", args.quick, result)   # _quick: never replaces a full run
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ benchmarks/results/shm_reduce_<P>.json (``_<P>_quick.json`` with --quick).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -38,7 +37,7 @@ tune_for_oversubscription()
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
-from benchmarks.common import per_call, stats  # noqa: E402
+from benchmarks.common import per_call, stats, write_json  # noqa: E402
 from mpisgd.comm import make_topology  # noqa: E402
 from mpisgd.comm.reduce import (HIERARCHICAL_MIN_BYTES, HierarchicalAllreduce,  # noqa: E402
                                 make_reducer)
@@ -161,10 +160,7 @@ def main() -> None:
                   f"| {r['speedup_flat']:.2f} / {r['speedup']:.2f} / {two_x} "
                   f"| {r['busbw_allreduce_Bps']/1e9:.2f} "
                   f"| {r['busbw_hierarchical_Bps']/1e9:.2f} |")
-        quick = "_quick" if args.quick else ""   # a quick run never replaces a full one
-        path = ROOT / "benchmarks" / "results" / f"shm_reduce_{p}{quick}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+        write_json(f"shm_reduce_{p}", args.quick, result)   # _quick: never replaces a full run
     if two_nodes is not None:
         two_nodes.free()
     topo.free()
