@@ -26,17 +26,12 @@ USAGE = ("python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] 
          "[--resume auto|PATH] [--debug]")
 
 
-def _Parser(**kwargs) -> argparse.ArgumentParser:
-    """argparse that raises instead of printing usage on every rank and exiting."""
-    from .predict import ArgParser
-
-    return ArgParser(**kwargs)
-
-
 def _train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="mpisgd", usage=USAGE,
-                description="Distributed gradient descent over MPI. With no job file, runs "
-                            "the built-in linear-regression example.")
+    from .predict import ArgParser   # raises agreed errors, prints help on rank 0 only
+
+    p = ArgParser(prog="mpisgd", usage=USAGE,
+                  description="Distributed gradient descent over MPI. With no job file, runs "
+                              "the built-in linear-regression example.")
     p.add_argument("job", nargs="?", help="job file (TOML); default: the built-in example")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a job key, e.g. optimizer.lr=0.05")

@@ -12,7 +12,7 @@ import numpy as np
 from mpi4py import MPI
 
 from . import kernels
-from .data.format import DatasetReader, default_block_rows
+from .data.format import iter_selected
 from .metrics import (classification_sums, classification_width, finish_classification,
                       finish_regression, regression_sums)
 
@@ -50,14 +50,8 @@ def objective(ctx, theta: np.ndarray) -> float:
                                                   grad)])
     else:   # storage placement: stream this rank's block, training rows only
         total = np.zeros(1)
-        rows = ctx.train_rows
-        with DatasetReader(ctx.info) as reader:
-            step = default_block_rows(ctx.n_features, ctx.dtype.itemsize)
-            for a in range(0, int(rows[-1]) + 1 if rows.size else 0, step):
-                pick = rows[(rows >= a) & (rows < a + step)] - a
-                if pick.size:
-                    X, y = reader.read(ctx.row0 + a, ctx.row0 + min(a + step, int(rows[-1]) + 1))
-                    total[0] += kernels.spec_loss_grad(ctx.spec, X, y, pick, theta, grad)
+        for X, y, pick in iter_selected(ctx.info, ctx.row0, ctx.train_rows):
+            total[0] += kernels.spec_loss_grad(ctx.spec, X, y, pick, theta, grad)
     ctx.topo.world.Allreduce(MPI.IN_PLACE, total)
     w = theta[ctx.l2_mask].astype(np.float64)
     m = ctx.cfg.model

@@ -25,7 +25,7 @@ from .comm import Topology, agree, agreed_call, bcast_value
 from .comm.roles import Roles, assign_roles
 from .config import JobConfig
 from .data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
-from .data.format import DatasetReader, default_block_rows
+from .data.format import iter_selected
 from .data.partition import block_range, holdout_mask
 from .errors import ConfigError, DataError
 from .evaluation import evaluate, objective, truth_distance
@@ -238,19 +238,11 @@ def _read_rows_of(info: DatasetInfo, lo: int, rows: np.ndarray, check: bool):
     the selected rows, not the block."""
     X = np.empty((rows.size, info.n_features), dtype=info.dtype)
     y = np.empty(rows.size, dtype=info.y_dtype)
-    if rows.size == 0:
-        return X, y
-    step = default_block_rows(info.n_features, info.dtype.itemsize)
     at = 0
-    with DatasetReader(info) as reader:
-        for a in range(lo + int(rows[0]), lo + int(rows[-1]) + 1, step):
-            b = min(a + step, lo + int(rows[-1]) + 1)
-            pick = rows[(rows >= a - lo) & (rows < b - lo)] - (a - lo)
-            if pick.size:
-                bx, by = reader.read(a, b)
-                X[at:at + pick.size], y[at:at + pick.size] = bx[pick], by[pick]
-                at += pick.size
-    if check:
+    for bx, by, pick in iter_selected(info, lo, rows):
+        X[at:at + pick.size], y[at:at + pick.size] = bx[pick], by[pick]
+        at += pick.size
+    if check and rows.size:
         check_values(X, y, info, f"held-out rows of '{info.path}'")
     return X, y
 

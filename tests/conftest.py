@@ -81,3 +81,24 @@ def launch(session_cache) -> Launcher:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return Launcher(env)
+
+
+@pytest.fixture
+def by_thread_count():
+    """``run(fn)`` calls ``fn()`` at 1, 2, then 1 numba threads and returns
+    ``{threads: [results]}``; the thread count is restored afterwards."""
+    import numba
+
+    def run(fn):
+        before = numba.get_num_threads()
+        results = {}
+        try:
+            for threads in (1, 2, 1):
+                numba.set_num_threads(threads)
+                results.setdefault(threads, []).append(fn())
+        finally:
+            numba.set_num_threads(before)
+        return results
+
+    return run
+

@@ -149,12 +149,17 @@ class RandomK(Codec):
 
     def _size(self) -> int:
         self.k = _k(self.n, self.ratio)
+        self._step, self._positions = None, None
         return self.k * self.dtype.itemsize
 
     def positions(self, step: int) -> np.ndarray:
-        """The k positions of ``step``: a function of (seed, step) only."""
-        rng = np.random.default_rng([self.seed, step, 0x5EED])
-        return np.sort(rng.choice(self.n, size=self.k, replace=False))
+        """The k positions of ``step``: a function of (seed, step) only. Kept for the
+        step, which encodes, decodes its own message and decodes everyone's with them."""
+        if step != self._step:
+            rng = np.random.default_rng([self.seed, step, 0x5EED])
+            self._positions = np.sort(rng.choice(self.n, size=self.k, replace=False))
+            self._step = step
+        return self._positions
 
     def encode(self, g, step, out):
         values = out.view(self.dtype)

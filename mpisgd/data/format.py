@@ -429,6 +429,25 @@ def iter_blocks(info: DatasetInfo, start: int = 0, stop: int | None = None,
             yield a, X, y
 
 
+def iter_selected(info: DatasetInfo, lo: int, rows: np.ndarray,
+                  block_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]]:
+    """Yield ``(X, y, pick)`` blocks covering global rows ``lo + rows`` (``rows``
+    ascending): ``X[pick]``, ``y[pick]`` are the selected rows of the block. Memory holds
+    one block; blocks without a selected row are not read."""
+    if rows.size == 0:
+        return
+    step = block_rows or default_block_rows(info.n_features, info.dtype.itemsize)
+    end = int(rows[-1]) + 1
+    with DatasetReader(info) as reader:
+        for a in range(int(rows[0]), end, step):
+            b = min(a + step, end)
+            pick = rows[np.searchsorted(rows, a):np.searchsorted(rows, b)] - a
+            if pick.size:
+                X, y = reader.read(lo + a, lo + b)
+                yield X, y, pick
+
+
 # ---------------------------------------------------------------------------------
 # Value checks.
 

@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import runfolder, signals
 from ..comm import agree
-from ..comm.compress import make_codec
 from ..comm.reduce import CompressedAllreduce, make_reducer
 from ..errors import Interrupted
 from ..evaluation import evaluate
@@ -24,7 +23,8 @@ from ..memory import node_memory
 from ..optim import clip_factor, learning_rate, sq_norm
 from ..progress import Progress
 from .batches import make_batches
-from .common import EarlyStopping, Hooks, Saver, StepPlan, check_finite, finish_gradient
+from .common import (EarlyStopping, Hooks, Saver, StepPlan, check_finite, finish_gradient,
+                     gradient_codec)
 from .localsgd import Averager
 from .nodeparams import NodeParams
 
@@ -65,8 +65,7 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
 def _reducer(ctx, buf: np.ndarray):
     """Collective: the gradient reducer of the job: compressed, flat or hierarchical."""
     comm = ctx.cfg.comm
-    codec = make_codec(comm.compression, ctx.n_params, ctx.dtype, comm.topk_ratio,
-                       ctx.cfg.train.seed)
+    codec = gradient_codec(ctx, ctx.n_params)
     if codec is None:
         return make_reducer(comm.allreduce, ctx.topo, buf)
     return CompressedAllreduce(ctx.topo.world, buf, ctx.n_params, codec, comm.error_feedback)

@@ -17,7 +17,7 @@ from ..data.chunks import (assign, chunk_table, chunks_per_step, epoch_order,
                            locality_order, step_chunks)
 from ..data.partition import holdout_mask
 from ..data.source import ChunkReader
-from .dataserve import ServerChunkSource, owner
+from .dataserve import ServerChunkSource, owners
 
 
 class RowBatches:
@@ -87,13 +87,11 @@ class ChunkBatches:
         self.reader = None
         self.chunk_node = self.table.node   # where each chunk is stored (-1: shared)
         if cfg.data.placement == "server":
-            n_servers = len(ctx.roles.servers)
-            rank_nodes = ctx.topo.world.allgather(ctx.topo.node_index)
-            owners = [rank_nodes[ctx.roles.servers[owner(self.table.n, n_servers, c)]]
-                      for c in range(self.table.n)]
-            self.chunk_node = np.asarray(owners, dtype=np.int64)
+            owner = owners(self.table.n, len(ctx.roles.servers))
+            rank_nodes = np.asarray(ctx.topo.world.allgather(ctx.topo.node_index))
+            self.chunk_node = rank_nodes[np.asarray(ctx.roles.servers)[owner]]
             if worker >= 0:
-                self.reader = ServerChunkSource(ctx, n_servers, self.table)
+                self.reader = ServerChunkSource(ctx, owner, self.table)
         elif worker >= 0:
             self.reader = ChunkReader(info, cfg.data, cfg.debug, ctx.topo.rank)
         # The reader's live counters (kept after it is closed).
@@ -106,6 +104,7 @@ class ChunkBatches:
         self.local = self.remote = 0
         self._order_epoch, self._order = -1, None
         self._scratch = np.empty(ctx.n_params, dtype=ctx.dtype)
+        self._rows: dict[int, np.ndarray] = {}
         self.wait_s = 0.0
 
     # -- which chunks --------------------------------------------------------------
@@ -163,8 +162,7 @@ class ChunkBatches:
                 self.remote += 1
             if data is not None:   # None: skipped after its retries (counted by the reader)
                 X, y = data
-                rows = np.flatnonzero(~holdout_mask(int(t.lo[c]), int(t.hi[c]),
-                                                    self.fraction, self.seed)).astype(np.int64)
+                rows = self._train_rows(c)
                 loss += kernels.spec_loss_grad(ctx.spec, X, y, rows, theta, self._scratch)
                 grad += self._scratch
                 count += rows.size
@@ -173,6 +171,16 @@ class ChunkBatches:
                 time.sleep(self.slow * (time.perf_counter() - t0))
         self.wait_s += self.reader.stats["wait_s"] - waited
         return loss, count, (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64))
+
+    def _train_rows(self, c: int) -> np.ndarray:
+        """Chunk c's training rows (offsets within it), hashed once and kept: the same in
+        every epoch, and a worker sees the same chunks again."""
+        rows = self._rows.get(c)
+        if rows is None:
+            t = self.table
+            held = holdout_mask(int(t.lo[c]), int(t.hi[c]), self.fraction, self.seed)
+            rows = self._rows[c] = np.flatnonzero(~held).astype(np.int64)
+        return rows
 
     def report(self) -> dict:
         """This worker's data counters for the run summary (after :meth:`close`)."""

@@ -62,6 +62,15 @@ class StepPlan:
         self._epoch = epoch
 
 
+def gradient_codec(ctx, n: int):
+    """The job's codec (``comm.compression``) for gradients of ``n`` entries; None: dense.
+    Allreduce mode codes the whole vector, a PS worker each server's key range."""
+    from ..comm.compress import make_codec
+
+    comm = ctx.cfg.comm
+    return make_codec(comm.compression, n, ctx.dtype, comm.topk_ratio, ctx.cfg.train.seed)
+
+
 def finish_gradient(grad: np.ndarray, count: float, theta: np.ndarray, l2: float,
                     mask: np.ndarray) -> None:
     """Sum over rows -> mean, plus the L2 term on weights; in place.

@@ -29,13 +29,13 @@ TAG_DATA = 104       # server -> worker: the chunk's X rows then y, as bytes
 BYE = -1
 
 
-def owner(table_n: int, n_servers: int, chunk: int) -> int:
-    """The server index holding ``chunk``: contiguous blocks of the chunk table."""
+def owners(table_n: int, n_servers: int) -> np.ndarray:
+    """The server index holding each chunk: contiguous blocks of the chunk table."""
+    out = np.empty(table_n, dtype=np.int64)
     for s in range(n_servers):
         lo, hi = block_range(table_n, n_servers, s)
-        if lo <= chunk < hi:
-            return s
-    raise ValueError(f"chunk {chunk} is outside a table of {table_n} chunks")
+        out[lo:hi] = s
+    return out
 
 
 def _row_bytes(info) -> int:
@@ -106,10 +106,10 @@ class DataServer:
 class ServerChunkSource:
     """A worker's chunk source under server placement: the ChunkReader interface."""
 
-    def __init__(self, ctx, n_servers: int, table):
+    def __init__(self, ctx, owner: np.ndarray, table):
         self.ctx, self.table, self.info = ctx, table, ctx.info
         self.servers = ctx.roles.servers
-        self.n_servers = n_servers
+        self.owner = owner   # server index of every chunk
         self.pending: dict[int, tuple[MPI.Request, np.ndarray]] = {}
         self.stats = {"chunks": 0, "bytes": 0, "retries": 0, "skipped_chunks": 0,
                       "skipped_rows": 0, "wait_s": 0.0}
@@ -120,7 +120,7 @@ class ServerChunkSource:
         if key in self.pending:
             return
         world = self.ctx.topo.world
-        server = self.servers[owner(self.table.n, self.n_servers, key)]
+        server = self.servers[self.owner[key]]
         buf = np.empty((hi - lo) * _row_bytes(self.info), dtype=np.uint8)
         recv = world.Irecv([buf, MPI.BYTE], server, TAG_DATA)
         ask = np.array([key], dtype=np.int64)

@@ -27,9 +27,9 @@ from mpi4py import MPI
 from .. import runfolder, signals
 from ..comm import abort_job
 from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_SIGNAL, F_STOP, H_BASE, H_COUNT, H_FLAGS,
-                        H_LOSS, H_STEP, H_VERSION, TAG_PUSH, TAG_REPLY, Message, Poller,
-                        assemble)
-from ..comm.compress import ErrorFeedback, make_codec
+                        H_LOSS, H_STEP, H_VERSION, HEADER_SLOTS, TAG_PUSH, TAG_REPLY, Message,
+                        Poller, assemble)
+from ..comm.compress import ErrorFeedback
 from ..comm.shm import SharedArray, no_shm_reason, shm_possible, sync_arrays, warn_no_shm
 from ..errors import ConfigError, Interrupted
 from ..memory import node_memory
@@ -41,7 +41,7 @@ from ..progress import Progress
 from .allreduce import make_plan, write_trace
 from .batches import make_batches
 from .dataserve import DataServer
-from .common import Hooks, Saver, check_finite, finish_gradient
+from .common import Hooks, Saver, check_finite, finish_gradient, gradient_codec
 
 
 def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = None) -> dict:
@@ -104,8 +104,9 @@ def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = No
            "steps_per_epoch": head["steps_per_epoch"], "global_batch": head["batch"],
            "samples": head["samples"], "train_time_s": train_time}
     if ctx.cfg.comm.compression != "none":
-        dense = sum(Message(hi - lo, theta.dtype).nbytes for lo, hi in ranges)
-        sent = sum(Message(push_codec(ctx, hi - lo).nbytes, np.uint8).nbytes for lo, hi in ranges)
+        head = HEADER_SLOTS * 8   # a push is one message: header + payload
+        dense = sum(head + (hi - lo) * theta.itemsize for lo, hi in ranges)
+        sent = sum(head + gradient_codec(ctx, hi - lo).nbytes for lo, hi in ranges)
         out["compression"] = {"scheme": ctx.cfg.comm.compression,
                               "bytes_per_push_dense": dense, "bytes_per_push_sent": sent,
                               "ratio": dense / sent, "error_feedback": ctx.cfg.comm.error_feedback}
@@ -163,7 +164,7 @@ class Worker:
         self.pusher = group is None or group.leader
         if self.pusher:
             # One codec and error-feedback residual per server slice.
-            codecs = [push_codec(ctx, hi - lo) for lo, hi in ranges]
+            codecs = [gradient_codec(ctx, hi - lo) for lo, hi in ranges]
             self.feedback = [None if c is None else ErrorFeedback(c, ctx.cfg.comm.error_feedback)
                              for c in codecs]
             self.push = [Message(hi - lo, theta.dtype) if c is None
@@ -320,12 +321,6 @@ class NodeGroup:
         self.comm.Free()
 
 
-def push_codec(ctx, n: int):
-    """The codec of pushes of an ``n``-entry key range (None: dense pushes)."""
-    comm = ctx.cfg.comm
-    return make_codec(comm.compression, n, ctx.dtype, comm.topk_ratio, ctx.cfg.train.seed)
-
-
 def node_groups(ctx, theta: np.ndarray) -> tuple["NodeGroup | None", tuple[int, ...]]:
     """Collective over the world: this worker's node group (None without aggregation)
     and the ranks that push to the servers (every worker, or one per node group).
@@ -370,7 +365,7 @@ class Server:
         self.interrupted = False
         self.checkpoint_path = None
         # Pushes arrive encoded when comm.compression is on (outbox: replies stay dense).
-        self.codec = push_codec(ctx, hi - lo)
+        self.codec = gradient_codec(ctx, hi - lo)
         self.inbox = [Message(hi - lo, theta.dtype) if self.codec is None
                       else Message(self.codec.nbytes, np.uint8) for _ in self.workers]
         self.outbox = [Message(hi - lo, theta.dtype) for _ in self.workers]

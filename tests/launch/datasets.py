@@ -28,6 +28,16 @@ def bundled_split(name: str, folder: Path) -> dict:
             "Xtr": Xtr, "ytr": ytr, "Xte": Xte, "yte": yte, "n_classes": n_classes}
 
 
+def sets(*overrides: str) -> list[str]:
+    """``--set`` arguments, one per override."""
+    return [word for o in overrides for word in ("--set", o)]
+
+
+def bundled_job(d: dict, job: str, *overrides: str) -> list[str]:
+    """Arguments training ``job`` on a split from :func:`bundled_split`, plus overrides."""
+    return [job, *sets(f"data.train='{d['train']}'", f"data.test='{d['test']}'", *overrides)]
+
+
 def raw_shard(path: Path, X, y, *, task="regression", n_classes=0, n_rows=None,
               x_name="X", y_name="y") -> str:
     """A shard written with h5py directly, bypassing the writers' checks (for bad files)."""

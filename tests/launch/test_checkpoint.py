@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from .procs import kill_rank_when_running, wait_gone

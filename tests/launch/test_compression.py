@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from .datasets import bundled_split
+from .datasets import bundled_job, bundled_split, sets
 from .test_train import SMALL, summary_of, theta_of
 
 BASE_EPOCHS = 40
@@ -19,9 +19,8 @@ BASE_EPOCHS = 40
 @pytest.fixture(scope="module")
 def cancer(tmp_path_factory):
     d = bundled_split("breast_cancer", tmp_path_factory.mktemp("bc"))
-    return ["jobs/logreg.toml", "--set", f"data.train='{d['train']}'",
-            "--set", f"data.test='{d['test']}'", "--set", "model.l2=0.002",
-            "--set", "train.batch_size=32", "--set", "optimizer.lr=0.05"]
+    return bundled_job(d, "jobs/logreg.toml", "model.l2=0.002", "train.batch_size=32",
+                       "optimizer.lr=0.05")
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +64,6 @@ COMPRESSED = SMALL + ["--set", "comm.topk_ratio=0.2", "--set", "checkpoint.every
                       "--set", "train.epochs=3"]
 
 
-def _sets(overrides: list[str]) -> list[str]:
-    return [word for o in overrides for word in ("--set", o)]
-
-
 @pytest.mark.parametrize("overrides", [
     ["comm.compression='topk'"],
     ["comm.compression='sign'", "optimizer.momentum=0.9"],
@@ -79,7 +74,7 @@ def _sets(overrides: list[str]) -> list[str]:
 def test_reproducible_and_resume_is_bitwise_exact(launch, tmp_path, overrides):
     """Two runs with one seed agree bitwise; a run stopped at step 20 (a checkpoint holding
     the residuals, or local SGD's averaged state) and resumed ends bitwise like them."""
-    job = COMPRESSED + _sets(overrides)
+    job = COMPRESSED + sets(*overrides)
     for name in ("a", "b"):
         launch(4, job + ["--out", str(tmp_path / name)], timeout=180, check=True)
     assert theta_of(tmp_path / "a").tobytes() == theta_of(tmp_path / "b").tobytes()
@@ -90,6 +85,6 @@ def test_reproducible_and_resume_is_bitwise_exact(launch, tmp_path, overrides):
     assert theta_of(out).tobytes() == theta_of(tmp_path / "a").tobytes()
     # Compression (or local SGD) really changed the numbers: it is not silently off.
     plain = tmp_path / "plain"
-    launch(4, COMPRESSED + _sets(overrides[1:]) + ["--out", str(plain)], timeout=180,
+    launch(4, COMPRESSED + sets(*overrides[1:]) + ["--out", str(plain)], timeout=180,
            check=True)
     assert not np.array_equal(theta_of(plain), theta_of(out))

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from mpisgd.data import open_dataset, read_rows
 from mpisgd.data.partition import fold_of
 
-from .datasets import bundled_split, raw_shard
+from .datasets import bundled_job, bundled_split, raw_shard
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,9 @@ def trained(launch, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     d = bundled_split("breast_cancer", tmp / "bc")
     run = tmp / "run"
-    launch(2, ["jobs/logreg.toml", "--set", f"data.train='{d['train']}'",
-               "--set", f"data.test='{d['test']}'", "--set", "model.l2=0.002",
-               "--set", "train.epochs=20", "--set", "train.batch_size=32",
-               "--set", "optimizer.lr=0.05", "--out", str(run)], timeout=120, check=True)
+    launch(2, bundled_job(d, "jobs/logreg.toml", "model.l2=0.002", "train.epochs=20",
+                          "train.batch_size=32", "optimizer.lr=0.05") + ["--out", str(run)],
+           timeout=120, check=True)
     with h5py.File(run / "model.h5", "r") as f:
         theta = f["theta"][...]
     d.update(run=run, model=str(run / "model.h5"), theta=theta,

@@ -21,7 +21,7 @@ from mpisgd.data import write_shard
 from mpisgd.data.partition import fold_of
 from mpisgd.metrics import AUC_BINS, auc_error_bound, score_histograms
 
-from .datasets import bundled_split
+from .datasets import bundled_job, bundled_split
 
 FOLDS = 5
 
@@ -109,9 +109,8 @@ def model(request, launch, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(task)
     d = (_regression_split(tmp / "data") if name == "diabetes"
          else bundled_split(name, tmp / "data"))
-    sets = [a for o in overrides for a in ("--set", o)]
-    launch(2, [job, "--set", f"data.train='{d['train']}'", "--set", f"data.test='{d['test']}'",
-               *sets, "--out", str(tmp / "run")], timeout=120, check=True)
+    launch(2, bundled_job(d, job, *overrides) + ["--out", str(tmp / "run")], timeout=120,
+           check=True)
     d.update(task=task, model=str(tmp / "run" / "model.h5"), tmp=tmp)
     launch(1, ["predict", d["model"], "--data", d["test"], "--out", str(tmp / "pred1.h5")],
            timeout=90, check=True)

@@ -6,19 +6,17 @@ import numpy as np
 import pytest
 from sklearn.neural_network import MLPClassifier
 
-from .datasets import bundled_split
+from .datasets import bundled_job, bundled_split
 from .test_train import SMALL, summary_of, theta_of
 
 
 def test_mlp_digits_at_4_ranks(launch, tmp_path):
     d = bundled_split("digits", tmp_path / "digits")
     out = tmp_path / "run"
-    launch(4, ["jobs/softmax.toml", "--set", "model.name='mlp'", "--set", "model.hidden=[64]",
-               "--set", f"data.train='{d['train']}'", "--set", f"data.test='{d['test']}'",
-               "--set", "model.l2=1e-4", "--set", "train.epochs=30",
-               "--set", "train.batch_size=32", "--set", "optimizer.lr=0.05",
-               "--set", "optimizer.schedule='constant'", "--out", str(out)],
-           timeout=240, check=True)
+    launch(4, bundled_job(d, "jobs/softmax.toml", "model.name='mlp'", "model.hidden=[64]",
+                          "model.l2=1e-4", "train.epochs=30", "train.batch_size=32",
+                          "optimizer.lr=0.05", "optimizer.schedule='constant'")
+           + ["--out", str(out)], timeout=240, check=True)
     ours = summary_of(out)["test"]["accuracy"]
     ref = MLPClassifier(hidden_layer_sizes=(64,), random_state=0, max_iter=500)
     theirs = ref.fit(d["Xtr"], d["ytr"]).score(d["Xte"], d["yte"])
@@ -43,11 +41,9 @@ def test_mlp_with_adam_in_every_ps_consistency(launch, tmp_path, consistency):
     """One flat parameter vector: the MLP and Adam's sharded state work in every PS mode."""
     d = bundled_split("digits", tmp_path / "digits")
     out = tmp_path / "run"
-    launch(4, ["jobs/softmax.toml", "--set", "model.name='mlp'", "--set", "model.hidden=[32]",
-               "--set", f"data.train='{d['train']}'", "--set", f"data.test='{d['test']}'",
-               "--set", "optimizer.name='adam'", "--set", "optimizer.lr=0.003",
-               "--set", "train.epochs=15", "--set", "train.batch_size=32",
-               "--set", "optimizer.schedule='constant'", "--set", "mode='ps'",
-               "--set", "ps.servers=2", "--set", f"ps.consistency='{consistency}'",
-               "--out", str(out)], timeout=240, check=True)
+    launch(4, bundled_job(d, "jobs/softmax.toml", "model.name='mlp'", "model.hidden=[32]",
+                          "optimizer.name='adam'", "optimizer.lr=0.003", "train.epochs=15",
+                          "train.batch_size=32", "optimizer.schedule='constant'",
+                          "mode='ps'", "ps.servers=2", f"ps.consistency='{consistency}'")
+           + ["--out", str(out)], timeout=240, check=True)
     assert summary_of(out)["test"]["accuracy"] >= 0.9

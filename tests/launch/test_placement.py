@@ -12,6 +12,7 @@ import pytest
 from mpisgd.data import write_shard
 from mpisgd.data.partition import holdout_mask
 
+from .datasets import sets
 from .test_train import summary_of, theta_of
 
 ROWS = (1000, 2531, 347)   # uneven shards
@@ -31,10 +32,9 @@ def uneven(tmp_path_factory) -> str:
 
 
 def _job(data: str, *extra: str) -> list[str]:
-    sets = [f"data.train='{data}'", "data.chunk_rows=100", "train.batch_size=400",
-            f"train.epochs={EPOCHS}", "optimizer.lr=0.05", "optimizer.schedule='constant'",
-            "debug.trace_rows=true", *extra]
-    return [word for s in sets for word in ("--set", s)]
+    return sets(f"data.train='{data}'", "data.chunk_rows=100", "train.batch_size=400",
+                f"train.epochs={EPOCHS}", "optimizer.lr=0.05", "optimizer.schedule='constant'",
+                "debug.trace_rows=true", *extra)
 
 
 MODES = {"allreduce": (4, []), "ps-bsp": (5, ["mode='ps'"]),

@@ -13,7 +13,7 @@ import pytest
 from mpisgd.data import open_dataset, read_rows
 from mpisgd.data.partition import holdout_mask
 
-from .datasets import bundled_split
+from .datasets import bundled_job, bundled_split
 from .procs import kill_rank_when_running, wait_gone
 from .test_train import SMALL, summary_of, theta_of
 
@@ -54,10 +54,8 @@ def test_async_linear_reaches_least_squares(launch, tmp_path, consistency):
 
 def test_async_logistic_close_to_bsp(launch, tmp_path):
     d = bundled_split("breast_cancer", tmp_path / "bc")
-    base = ["jobs/logreg.toml", "--set", f"data.train='{d['train']}'",
-            "--set", f"data.test='{d['test']}'", "--set", "model.l2=0.002",
-            "--set", "train.epochs=40", "--set", "train.batch_size=32",
-            "--set", "optimizer.lr=0.05", "--set", "mode='ps'"]
+    base = bundled_job(d, "jobs/logreg.toml", "model.l2=0.002", "train.epochs=40",
+                       "train.batch_size=32", "optimizer.lr=0.05", "mode='ps'")
     acc = {}
     for c in ("bsp", "asp", "ssp"):
         launch(4, base + ["--set", f"ps.consistency='{c}'", "--out", str(tmp_path / c)],

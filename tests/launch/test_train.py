@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from mpisgd.data import open_dataset, read_rows
 from mpisgd.data.partition import holdout_mask
 
-from .datasets import bundled_split
+from .datasets import bundled_job, bundled_split
 
 
 def summary_of(out: Path) -> dict:
@@ -54,10 +54,9 @@ def _sklearn_accuracy(d: dict) -> float:
 def test_logistic_breast_cancer_matches_sklearn(launch, tmp_path):
     d = bundled_split("breast_cancer", tmp_path / "bc")
     out = tmp_path / "run"
-    launch(2, ["jobs/logreg.toml", "--set", f"data.train='{d['train']}'",
-               "--set", f"data.test='{d['test']}'", "--set", "model.l2=0.002",
-               "--set", "train.epochs=40", "--set", "train.batch_size=32",
-               "--set", "optimizer.lr=0.05", "--out", str(out)], timeout=120, check=True)
+    launch(2, bundled_job(d, "jobs/logreg.toml", "model.l2=0.002", "train.epochs=40",
+                          "train.batch_size=32", "optimizer.lr=0.05") + ["--out", str(out)],
+           timeout=120, check=True)
     acc = summary_of(out)["test"]["accuracy"]
     assert acc >= _sklearn_accuracy(d) - 0.02
 
@@ -65,11 +64,10 @@ def test_logistic_breast_cancer_matches_sklearn(launch, tmp_path):
 def test_softmax_digits_matches_sklearn(launch, tmp_path):
     d = bundled_split("digits", tmp_path / "digits")
     out = tmp_path / "run"
-    launch(2, ["jobs/softmax.toml", "--set", f"data.train='{d['train']}'",
-               "--set", f"data.test='{d['test']}'", "--set", "model.l2=0.001",
-               "--set", "train.epochs=40", "--set", "train.batch_size=64",
-               "--set", "optimizer.lr=0.05", "--set", "optimizer.schedule='constant'",
-               "--out", str(out)], timeout=120, check=True)
+    launch(2, bundled_job(d, "jobs/softmax.toml", "model.l2=0.001", "train.epochs=40",
+                          "train.batch_size=64", "optimizer.lr=0.05",
+                          "optimizer.schedule='constant'") + ["--out", str(out)],
+           timeout=120, check=True)
     s = summary_of(out)
     assert s["test"]["accuracy"] >= _sklearn_accuracy(d) - 0.03
     assert len(s["test"]["confusion"]) == 10

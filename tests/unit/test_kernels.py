@@ -141,18 +141,15 @@ def test_nan_is_not_hidden(model, dtype):
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 @pytest.mark.parametrize("model", K.MODELS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bitwise_identical_across_thread_counts(model, dtype):
+def test_bitwise_identical_across_thread_counts(model, dtype, by_thread_count):
     X, y, theta = make_problem(model, dtype, n=20_000, d=13)  # 10 blocks
     idx = np.random.default_rng(2).integers(0, len(X), 15_000)
-    before = numba.get_num_threads()
-    results = {}
-    try:
-        for threads in (1, 2, 1):
-            numba.set_num_threads(threads)
-            loss, grad = run(model, X, y, idx, theta)
-            results.setdefault(threads, []).append((loss, grad.tobytes()))
-    finally:
-        numba.set_num_threads(before)
+
+    def once():
+        loss, grad = run(model, X, y, idx, theta)
+        return loss, grad.tobytes()
+
+    results = by_thread_count(once)
     assert results[1][0] == results[1][1] == results[2][0]
 
 

@@ -168,18 +168,15 @@ def test_extreme_logits_stay_finite():
 # ----------------------------------------------------------------------------- determinism
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bitwise_identical_across_thread_counts(dtype):
+def test_bitwise_identical_across_thread_counts(dtype, by_thread_count):
     spec, X, y, theta = make_problem("multiclass", dtype, (16, 8), "relu", n=5000, d=13)
     idx = np.random.default_rng(2).integers(0, len(X), 3000)  # 12 blocks
-    before = numba.get_num_threads()
-    results = {}
-    try:
-        for threads in (1, 2, 1):
-            numba.set_num_threads(threads)
-            loss, grad = run(spec, X, y, idx, theta)
-            results.setdefault(threads, []).append((loss, grad.tobytes()))
-    finally:
-        numba.set_num_threads(before)
+
+    def once():
+        loss, grad = run(spec, X, y, idx, theta)
+        return loss, grad.tobytes()
+
+    results = by_thread_count(once)
     assert results[1][0] == results[1][1] == results[2][0]
 
 
