@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make run` and `make test`.
 #   make run [NP=8] [JOB=jobs/logreg.toml] [ARGS="--set train.epochs=3"]
 #   make test                 the whole suite (unit, MPI collectives, launch tests)
+#   make soak                 the default job 20x at 8 ranks in each mode (~15 min)
 #   make test-slurm           the Slurm tests alone (a real single-node Slurm; needs root)
 #   make slurm-up / slurm-down  start / stop that test cluster by hand
 #   make bench                benchmarks/ (writes benchmarks/results/)
@@ -22,7 +23,7 @@ else
   MPIEXEC = $(VENV)/bin/mpiexec
 endif
 
-.PHONY: run test test-slurm slurm-up slurm-down install bench clean
+.PHONY: run test soak test-slurm slurm-up slurm-down install bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -43,6 +44,9 @@ test: install
 
 test-slurm: install
 	$(PY) -m pytest -q tests/slurm
+
+soak: install
+	$(PY) -m pytest -q -s -m soak tests/faults/test_soak.py
 
 SLURM_DIR ?= /tmp/mpisgd-slurm
 slurm-up:

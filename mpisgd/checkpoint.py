@@ -16,6 +16,7 @@ use another world size, another number of servers, or the other mode.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -71,8 +72,11 @@ def write_shard(staging: Path, index: int, lo: int, hi: int, theta: np.ndarray,
             for key, value in arrays.items():
                 f.create_dataset(key, data=value)
             f.attrs.update(lo=lo, hi=hi)
+            _test_hook("enospc")
         _fsync(staging / name)
     except OSError as exc:
+        # A partial shard is of no use and, on a full disk, holds space another write needs.
+        (staging / name).unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint shard '{staging / name}': "
                               f"{exc.strerror or exc}.") from None
     return {"file": name, "lo": lo, "hi": hi,
@@ -179,15 +183,20 @@ def load(path: Path) -> Checkpoint:
     return Checkpoint(path=path, manifest=manifest, theta=theta, state=state)
 
 
-def find_latest(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that verifies, and a warning for each newer one that did not."""
+def find_latest(run_dir: Path, skip: int = 0) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that verifies (passing over ``skip`` valid newer ones), and
+    a warning for each newer one that did not verify."""
     warnings = [f"ignoring '{p.name}': a checkpoint write that never completed"
                 for p in folder(run_dir).glob(f".{_PREFIX}*.tmp-*")]
     for candidate in reversed(_committed(run_dir)):
         try:
-            return load(candidate), warnings
+            ckpt = load(candidate)
         except CheckpointError as exc:
             warnings.append(f"skipping checkpoint '{candidate.name}': {exc}")
+            continue
+        if skip == 0:
+            return ckpt, warnings
+        skip -= 1
     return None, warnings
 
 
@@ -208,7 +217,8 @@ def _test_hook(point: str, path: Path | None = None) -> None:
     """Fault injection for the tests: ``MPISGD_TEST_CKPT_FAULT=<point>[:<n>]``.
 
     Dies (exit 9, no cleanup) at the n-th time (default: first) this process reaches
-    ``point``; ``after_commit`` first truncates the newest shard, as a torn write would.
+    ``point``; ``after_commit`` first truncates the newest shard, as a torn write would;
+    ``enospc`` does not die but fails the shard's write as a full disk does.
     """
     spec = os.environ.get("MPISGD_TEST_CKPT_FAULT", "")
     if not spec.startswith(point):
@@ -222,6 +232,8 @@ def _test_hook(point: str, path: Path | None = None) -> None:
         size = shard.stat().st_size
         with open(shard, "r+b") as fh:
             fh.truncate(size // 2)
+    if point == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     os._exit(9)
 
 

@@ -70,7 +70,9 @@ def _collective(command, argv: list[str]) -> int:
     """
     from .launch_env import tune_for_oversubscription
     from .paths import set_numba_cache_dir
+    from .supervise import supervise
 
+    supervise()   # before MPI starts: a rank killed by a signal is then named (see there)
     set_numba_cache_dir()
     tune_for_oversubscription()
     from mpi4py import MPI  # initialises MPI; every rank runs the lines below
@@ -91,19 +93,36 @@ def _collective(command, argv: list[str]) -> int:
                 sys.stderr.write(f"mpisgd: {kind}: {exc}\n")
                 sys.stderr.flush()
             return exc.exit_code
-        if debug or not exc.user_error:
+        if debug:
             traceback.print_exc()
         from .comm import abort_job
 
-        abort_job(str(exc), exc.exit_code)
+        abort_job(str(exc) if exc.user_error else f"{exc} ({_where(exc)})", exc.exit_code)
     except BaseException as exc:  # noqa: BLE001 - anything else ends the whole job
         from .comm import abort_job
 
         if isinstance(exc, KeyboardInterrupt):
             abort_job("interrupted", 130)
-        traceback.print_exc()
-        abort_job(f"{type(exc).__name__}: {exc}", 1)
+        if debug:
+            traceback.print_exc()
+        abort_job(f"{type(exc).__name__}: {exc} ({_where(exc)}; --debug prints the "
+                  f"traceback)", 1)
     return 1  # not reached: abort_job does not return
+
+
+def _where(exc: BaseException) -> str:
+    """Where an unexpected exception was raised: the innermost frame, as file:line."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "no traceback"
+    code = tb.tb_frame.f_code
+    path = code.co_filename
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if path.startswith(root + os.sep):
+        path = os.path.relpath(path, root)
+    return f"raised at {path}:{tb.tb_lineno} in {code.co_name}"
 
 
 def _load(args):

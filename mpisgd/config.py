@@ -186,6 +186,17 @@ class TrainConfig:
                                   "state) every k steps; 1: synchronous SGD")
     measure_wait: bool = _f(False, Check("bool"),
                             "barrier before each reduction to split waiting from communication")
+    step_timeout: float = _f(300.0, NONNEG,
+                             "a rank whose step (reading + computing) runs longer than this "
+                             "many seconds ends the job naming itself; a rank waiting for the "
+                             "others longer than 2x this + 5 s does too (0: off)")
+    on_divergence: str = _f("fail", Check("choice", choices=("fail", "rollback")),
+                            "NaN/Inf loss or gradient: stop with exit code 4, or roll back to "
+                            "the newest checkpoint (else the start) with a smaller rate "
+                            "(allreduce mode)")
+    max_rollbacks: int = _f(3, INT0, "rollbacks before divergence is final")
+    rollback_lr_factor: float = _f(0.5, Check("float", lo=0.0, hi=1.0, lo_open=True),
+                                   "optimizer.lr is multiplied by this at each rollback")
 
 
 @dataclass
@@ -247,6 +258,9 @@ class DebugConfig:
     trace_rows: bool = _f(False, Check("bool"), "write the global row ids each rank used")
     fail_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank raises ...")
     fail_step: int = _f(-1, Check("int", lo=-1), "... at this step")
+    fail_kind: str = _f("exception", Check("choice", choices=("exception", "nan")),
+                        "... an exception in the gradient kernel, or a NaN gradient (once "
+                        "per process: a transient fault)")
     slow_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank sleeps ...")
     slow_ms: float = _f(0.0, NONNEG, "... this many milliseconds before every step")
     slow_factor: float = _f(1.0, Check("float", lo=1.0),
@@ -398,6 +412,10 @@ def validate(cfg: JobConfig) -> None:
     if cfg.data.placement != "partition" and cfg.data.folds:
         raise ConfigError(f"data.placement = '{cfg.data.placement}' does not support "
                           f"data.folds (use 'partition').")
+    if cfg.train.on_divergence == "rollback" and cfg.mode == "ps":
+        raise ConfigError("train.on_divergence = 'rollback' needs mode = 'allreduce': in ps "
+                          "mode only the server of a key range sees a NaN, and the job "
+                          "stops (exit code 4 is not reached: the server aborts the job).")
     if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
         raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
     if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):

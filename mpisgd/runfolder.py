@@ -66,6 +66,13 @@ def append_metrics(run: Path, record: dict) -> None:
                           f"{exc.strerror or exc}.") from None
 
 
+def write_ranks(run: Path, ranks: list[tuple[str, int]]) -> None:
+    """ranks.json: each rank's host and process id. A launcher reports a process killed
+    by a signal (SIGKILL, the OOM killer) by its pid; this file names its rank."""
+    rows = [{"rank": r, "host": host, "pid": pid} for r, (host, pid) in enumerate(ranks)]
+    _atomic_write_text(run / "ranks.json", json.dumps(rows, indent=1) + "\n")
+
+
 def write_summary(run: Path, summary: dict) -> None:
     _atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
 

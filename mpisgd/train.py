@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from .config import JobConfig
 from .data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
 from .data.format import iter_selected
 from .data.partition import block_range, holdout_mask
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingError
 from .evaluation import evaluate, objective, truth_distance
 from .log import say, warn
 from .paths import cache_dir
@@ -279,10 +280,11 @@ def _warm_up_kernels(ctx: Context) -> None:
         agree(ctx.topo.world, error)
 
 
-def _resume_point(ctx: Context, resume: str) -> dict | None:
-    """Rank 0: the checkpoint to resume from (verified), or None to start fresh."""
+def _resume_point(ctx: Context, resume: str, skip: int = 0) -> dict | None:
+    """Rank 0: the checkpoint to resume from (verified), or None to start fresh.
+    ``skip``: pass over this many newer valid checkpoints (rollbacks)."""
     if resume == "auto":
-        ckpt, skipped = checkpoint.find_latest(ctx.run_dir)
+        ckpt, skipped = checkpoint.find_latest(ctx.run_dir, skip)
         for text in skipped:
             warn(text)
         if ckpt is None:
@@ -295,6 +297,54 @@ def _resume_point(ctx: Context, resume: str) -> dict | None:
     return {"path": str(ckpt.path), "step": ckpt.step, "theta": ckpt.theta,
             "state": ckpt.state, "from": (ckpt.manifest["mode"], ckpt.manifest["world_size"],
                                           ckpt.manifest["servers"])}
+
+
+def _fit(ctx: Context, mode, theta: np.ndarray, start: int, opt_state: dict | None) -> dict:
+    """``mode.fit``, rolling back on divergence when ``train.on_divergence = "rollback"``.
+
+    A NaN/Inf loss or gradient in allreduce mode is seen by every rank at the same step
+    (an agreed TrainingError), so every rank rolls back together: rollback n to the n-th
+    newest valid checkpoint of the run folder, else to the starting point, with ``optimizer.lr``
+    multiplied by ``train.rollback_lr_factor``. After ``train.max_rollbacks`` the
+    divergence is final (exit code 4). Each rollback is a line in metrics.jsonl and in
+    the summary's ``rollbacks``.
+    """
+    cfg = ctx.cfg
+    first = (theta.copy(), start, opt_state)
+    rollbacks: list[dict] = []
+    while True:
+        try:
+            stats = mode.fit(ctx, theta, start, opt_state)
+            break
+        except TrainingError as exc:
+            if cfg.train.on_divergence != "rollback" or not exc.agreed:
+                raise
+            if len(rollbacks) == cfg.train.max_rollbacks:
+                raise TrainingError(f"{exc} Still diverging after {len(rollbacks)} "
+                                    f"rollback(s) (train.max_rollbacks).",
+                                    agreed=True) from None
+            # Rollback n passes over the n-1 newest checkpoints: the newest may already
+            # carry the divergence (finite but huge parameters just before the NaN).
+            skip = len(rollbacks)
+            point = bcast_value(ctx.topo.world, lambda: _resume_point(ctx, "auto", skip))
+            if point is None:
+                theta[:], start, opt_state = first[0], first[1], first[2]
+                where = f"the starting point (step {start})"
+            else:
+                theta[:], start, opt_state = point["theta"], point["step"], point["state"]
+                where = f"step {start} ({point['path']})"
+            old_lr = cfg.optimizer.lr
+            cfg.optimizer.lr = old_lr * cfg.train.rollback_lr_factor
+            record = {"rollback": len(rollbacks) + 1, "cause": str(exc), "to_step": start,
+                      "lr": cfg.optimizer.lr}
+            rollbacks.append(record)
+            warn(f"{exc} Rollback {len(rollbacks)} of {cfg.train.max_rollbacks}: back to "
+                 f"{where}, optimizer.lr {old_lr:g} -> {cfg.optimizer.lr:g}")
+            if ctx.topo.rank == 0:
+                runfolder.append_metrics(ctx.run_dir, record)
+    if rollbacks:
+        stats["rollbacks"] = rollbacks
+    return stats
 
 
 def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
@@ -318,6 +368,12 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
         f"node(s); {cfg.model.name} on {ctx.n_train} train / {ctx.n_test} test rows, "
         f"{ctx.n_features} features, {ctx.n_params} parameters ({ctx.dtype}); "
         f"run folder {ctx.run_dir}")
+    ranks = topo.world.gather((socket.gethostname(), os.getpid()), root=0)
+    if ranks is not None:
+        runfolder.write_ranks(ctx.run_dir, ranks)
+        if len(ranks) <= 64:   # beyond that, ranks.json alone
+            say("mpisgd: process ids by rank: " + ", ".join(
+                f"{r}:{pid}" for r, (_, pid) in enumerate(ranks)))
     theta = kernels.spec_init(ctx.spec, ctx.dtype, np.random.default_rng(cfg.train.seed))
     topo.world.Bcast(theta, root=0)
     start, opt_state = 0, None
@@ -329,7 +385,7 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
         say(f"mpisgd: resuming at step {start} from {point['path']} (written in {mode} mode "
             f"by {size} rank(s), {servers} server(s))")
     ctx.timers["setup"] += time.perf_counter() - t_init
-    stats = (ps if cfg.mode == "ps" else allreduce).fit(ctx, theta, start, opt_state)
+    stats = _fit(ctx, ps if cfg.mode == "ps" else allreduce, theta, start, opt_state)
 
     t_eval = time.perf_counter()
     eval_before = ctx.timers["eval"]

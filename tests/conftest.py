@@ -31,15 +31,18 @@ class Launcher:
     def __init__(self, env: dict[str, str]):
         self.env = env
 
-    def start(self, n: int, args: list[str]) -> subprocess.Popen:
-        """Start ``mpiexec -n N python -m mpisgd ARGS`` in its own process group.
+    def start(self, n: int, args: list[str], *, env: dict[str, str] | None = None,
+              prefix: list[str] | None = None) -> subprocess.Popen:
+        """Start ``[PREFIX] mpiexec -n N python -m mpisgd ARGS`` in its own process group.
 
         The caller owns the timeout: wait with ``communicate(timeout=...)`` and kill the
         group (``os.killpg``) if it expires.
         """
-        cmd = [mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpisgd", *args]
+        cmd = [*(prefix or []), mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpisgd",
+               *args]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=self.env, cwd=str(ROOT), start_new_session=True)
+                                env=dict(self.env, **(env or {})), cwd=str(ROOT),
+                                start_new_session=True)
 
     def __call__(self, n: int, args: list[str], *, timeout: float = 120, module: bool = True,
                  env: dict[str, str] | None = None, cwd: str | None = None,

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 from mpi4py import MPI
 
 from .. import errors
@@ -48,6 +50,7 @@ class Topology:
 
 def make_topology(ranks_per_node: int = 0) -> Topology:
     """Collective over COMM_WORLD: duplicate it and split it into (emulated) nodes."""
+    enable_single_abort_message()
     world = MPI.COMM_WORLD.Dup()
     env = os.environ.get("MPISGD_RANKS_PER_NODE", "")
     if not ranks_per_node and env:
@@ -142,19 +145,81 @@ def bcast_value(comm: MPI.Intracomm, fn: Callable[[], Any], root: int = 0) -> An
     return comm.bcast(result, root=root)
 
 
+# One int on world rank 0 that every aborting rank increments (MPI_Fetch_and_op): the
+# first to get there prints its message, later ones (two servers seeing the same NaN,
+# every worker failing the same read) stay quiet, so a job ends with one message.
+_abort_counter: MPI.Win | None = None
+
+
+def enable_single_abort_message() -> None:
+    """Collective over COMM_WORLD, once per process (later calls do nothing)."""
+    global _abort_counter
+    if _abort_counter is not None:
+        return
+    comm = MPI.COMM_WORLD
+    win = MPI.Win.Allocate(4 if comm.Get_rank() == 0 else 0, 4, comm=comm)
+    if comm.Get_rank() == 0:
+        np.frombuffer(win.tomemory(), dtype=np.int32)[:] = 0
+    comm.Barrier()
+    _abort_counter = win
+
+
+def _first_to_abort(timeout: float = 1.0) -> bool:
+    """Whether no other rank has started aborting. Asked from a helper thread with a
+    timeout: if rank 0 makes no MPI progress (stuck in a kernel on another node), this
+    rank speaks rather than wait."""
+    win = _abort_counter
+    if win is None or not MPI.Is_initialized() or MPI.Is_finalized():
+        return True
+    answer: list[bool] = []
+
+    def ask() -> None:
+        old = np.zeros(1, dtype=np.int32)
+        try:
+            win.Lock(0, MPI.LOCK_SHARED)
+            win.Fetch_and_op(np.ones(1, dtype=np.int32), old, 0, 0, MPI.SUM)
+            win.Unlock(0)
+            answer.append(int(old[0]) == 0)
+        except Exception:  # noqa: BLE001 - when in doubt, speak
+            answer.append(True)
+
+    helper = threading.Thread(target=ask, name="mpisgd-abort", daemon=True)
+    helper.start()
+    helper.join(timeout)
+    return answer[0] if answer else True
+
+
+def _wait_progressing(seconds: float) -> None:
+    """Sleep, but keep MPI progressing: rank 0 serves the other ranks' abort-counter
+    requests only while it calls into MPI."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if MPI.Is_initialized() and not MPI.Is_finalized():
+                MPI.COMM_WORLD.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+        except Exception:  # noqa: BLE001 - only a courtesy to the others
+            pass
+        time.sleep(0.01)
+
+
 def abort_job(message: str, code: int = 1) -> None:
     """Any rank: print one message naming this rank, then end the whole job.
 
     Without the abort, this rank would wait in MPI_Finalize while the others wait
-    for it in a collective, forever.
+    for it in a collective, forever. If another rank is already aborting (it has
+    printed its own message), this one waits to be ended with it, and speaks and
+    aborts by itself only if that has not happened within 5 s.
     """
     sys.stdout.flush()
-    sys.stderr.write(f"mpisgd: error on rank {MPI.COMM_WORLD.Get_rank()} "
-                     f"({socket.gethostname()}): {message}\n")
+    text = (f"mpisgd: error on rank {MPI.COMM_WORLD.Get_rank()} ({socket.gethostname()}): "
+            f"{message}\n")
+    if not _first_to_abort():
+        _wait_progressing(5.0)
+    sys.stderr.write(text)
     sys.stderr.flush()
     # The launcher forwards this rank's stderr through its proxy; an immediate abort
     # can tear the proxy down before the message is forwarded (seen with hydra).
-    time.sleep(0.5)
+    _wait_progressing(0.5)
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.COMM_WORLD.Abort(code)
     os._exit(code)

@@ -87,9 +87,22 @@ class DatasetInfo:
 # Opening: metadata only.
 
 def _open_read(path: str) -> h5py.File:
+    _hidden_here(path)
     # No HDF5 file locking: shards are published by atomic rename, so a reader never
     # sees a file being written, and locks fail on some parallel file systems.
     return h5py.File(path, "r", locking=False)
+
+
+def _hidden_here(path: str) -> None:
+    """Test hook ``MPISGD_TEST_HIDE=<rank>:<fragment>``: on that rank, files whose path
+    contains the fragment do not exist, as on a node whose local copy is missing (one
+    machine cannot give one rank a different file system)."""
+    spec = os.environ.get("MPISGD_TEST_HIDE", "")
+    if not spec:
+        return
+    rank, fragment = spec.split(":", 1)
+    if fragment in str(path) and os.environ.get("PMI_RANK", "0") == rank:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
 
 
 MANIFEST_SUFFIXES = (".toml", ".json")

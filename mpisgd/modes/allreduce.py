@@ -22,6 +22,7 @@ from ..log import say
 from ..memory import node_memory
 from ..optim import clip_factor, learning_rate, sq_norm
 from ..progress import Progress
+from ..watchdog import StepWatchdog
 from .batches import make_batches
 from .common import (EarlyStopping, Hooks, Saver, StepPlan, check_finite, finish_gradient,
                      gradient_codec)
@@ -107,7 +108,8 @@ def _loop(ctx, params: NodeParams, buf: np.ndarray, reduce, start_step: int,
     """The training loop over ``params`` (see :func:`fit`), with the job's batches."""
     plan = make_batches(ctx, make_plan(ctx))
     try:
-        stats = _steps(ctx, params, buf, reduce, start_step, averager, plan)
+        with StepWatchdog(ctx.cfg.train.step_timeout) as dog:
+            stats = _steps(ctx, params, buf, reduce, start_step, averager, plan, dog)
     except Exception as exc:
         # close() is collective (the balanced counter): only when every rank raises.
         if getattr(exc, "agreed", False):
@@ -118,7 +120,7 @@ def _loop(ctx, params: NodeParams, buf: np.ndarray, reduce, start_step: int,
     return stats
 
 
-def _steps(ctx, params, buf, reduce, start_step, averager, plan) -> dict:
+def _steps(ctx, params, buf, reduce, start_step, averager, plan, dog) -> dict:
     cfg, world = ctx.cfg, ctx.topo.world
     P = ctx.n_params
     spe, total = plan.steps_per_epoch, plan.total
@@ -140,9 +142,11 @@ def _steps(ctx, params, buf, reduce, start_step, averager, plan) -> dict:
     while step < total:
         epoch = step // spe
         t0 = time.perf_counter()
+        dog.computing(step)
         hooks.before_gradient(step)
         waited = plan.wait_s
         loss_part, n_rows, ids = plan.gradient(step, theta, grad)
+        hooks.after_gradient(step, grad)
         waited = plan.wait_s - waited
         if trace is not None:
             trace.setdefault(epoch, []).append(ids)
@@ -164,10 +168,12 @@ def _steps(ctx, params, buf, reduce, start_step, averager, plan) -> dict:
                 step += 1
                 continue
             buf[P:] = (period_loss, period_rows, saver.time_due(), signals.requested())
+            dog.waiting(step, "the parameter averaging")
             averager(buf[P:])
+            dog.idle()
             t2 = time.perf_counter()
             count = float(buf[P + 1])
-            loss = float(buf[P]) / count
+            loss = float(buf[P]) / count if count else 0.0
             # Averaged parameters are the same on every rank, so every rank raises together.
             check_finite(loss, theta, step, lr)
             period_loss = period_rows = 0.0
@@ -181,18 +187,23 @@ def _steps(ctx, params, buf, reduce, start_step, averager, plan) -> dict:
                 world.Barrier()
                 timers["wait"] += time.perf_counter() - t_wait
             t1 = time.perf_counter()
+            dog.waiting(step, "the gradient allreduce")
             reduce(step)
+            dog.idle()
             t2 = time.perf_counter()
             count = float(buf[P + 1])
-            loss = float(buf[P]) / count
-            finish_gradient(grad, count, theta, cfg.model.l2, ctx.l2_mask)
-            if cfg.optimizer.clip_norm:   # the reduced gradient is the same on every rank
-                grad *= ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
             lr = learning_rate(cfg.optimizer, step, epoch, total)
-            # The reduced buffer is the same on every rank and NaN/Inf survive any
-            # summation order, so every rank raises here together: no hang.
-            check_finite(loss, grad, step, lr)
-            params.update(grad, lr, cfg.model.l1)
+            # No rows at all: every chunk of this step was skipped (data.on_read_error =
+            # "skip"). The same on every rank: all skip the update together.
+            loss = float(buf[P]) / count if count else 0.0
+            if count:
+                finish_gradient(grad, count, theta, cfg.model.l2, ctx.l2_mask)
+                if cfg.optimizer.clip_norm:   # the reduced gradient is the same everywhere
+                    grad *= ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
+                # The reduced buffer is the same on every rank and NaN/Inf survive any
+                # summation order, so every rank raises here together: no hang.
+                check_finite(loss, grad, step, lr)
+                params.update(grad, lr, cfg.model.l1)
         t3 = time.perf_counter()
         timers["compute"] += (t1 - t0) + (t3 - t2) - waited
         timers["data"] += waited

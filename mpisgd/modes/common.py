@@ -102,14 +102,25 @@ class Hooks:
     def __init__(self, debug, rank: int):
         self.slow_s = debug.slow_ms / 1000.0 if debug.slow_rank == rank else 0.0
         self.fail_step = debug.fail_step if debug.fail_rank == rank else -1
+        self.nan = debug.fail_kind == "nan"
         self.rank = rank
 
     def before_gradient(self, step: int) -> None:
         if self.slow_s:
             time.sleep(self.slow_s)
-        if step == self.fail_step:
+        if step == self.fail_step and not self.nan:
             raise RuntimeError(f"injected failure in the gradient kernel at step {step} "
                                f"(debug.fail_rank = {self.rank})")
+
+    def after_gradient(self, step: int, grad: np.ndarray) -> None:
+        """``fail_kind = "nan"``: this rank's gradient of ``fail_step`` is NaN, once per
+        process (a transient fault: a rollback replays the step cleanly)."""
+        if step == self.fail_step and self.nan and step not in _NAN_FIRED:
+            _NAN_FIRED.add(step)
+            grad[0] = np.nan
+
+
+_NAN_FIRED: set[int] = set()   # per process, so that a rollback's fresh Hooks skip it
 
 
 class Saver:

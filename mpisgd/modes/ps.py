@@ -41,6 +41,7 @@ from ..progress import Progress
 from .allreduce import make_plan, write_trace
 from .batches import make_batches
 from .dataserve import DataServer
+from ..watchdog import StepWatchdog
 from .common import Hooks, Saver, check_finite, finish_gradient, gradient_codec
 
 
@@ -178,21 +179,35 @@ class Worker:
         self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0}
 
     def run(self) -> dict:
+        ctx, plan = self.ctx, self.plan
+        trace = {} if ctx.cfg.debug.trace_rows else None
+        with StepWatchdog(ctx.cfg.train.step_timeout) as dog:
+            version, interrupted = self._steps(dog, trace)
+        plan.finish_reads()   # before any collective: servers may be answering data requests
+        if trace is not None:
+            write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
+        return {**self.counters, "version": version, "epochs": 0, "steps_per_epoch": 0,
+                "batch": plan.batch, "samples": 0, "interrupted": interrupted}
+
+    def _steps(self, dog: StepWatchdog, trace: dict | None) -> tuple[int, bool]:
+        """The worker's loop: (the last version seen, whether a server was interrupted)."""
         ctx, plan, theta, group = self.ctx, self.plan, self.theta, self.group
         timers = ctx.timers
-        trace = {} if ctx.cfg.debug.trace_rows else None
         step = version = self.start
         interrupted = False
         while step < plan.total:
             t0 = time.perf_counter()
+            dog.computing(step)
             self.hooks.before_gradient(step)
             waited = plan.wait_s
             loss, count, ids = plan.gradient(step, theta, self.out)
+            self.hooks.after_gradient(step, self.out)
             waited = plan.wait_s - waited
             if trace is not None:
                 trace.setdefault(step // plan.steps_per_epoch, []).append(ids)
             signal = signals.requested()
             t1 = time.perf_counter()
+            dog.waiting(step, "a push/pull with the servers")
             if group is None:
                 version, stop, flagged = self._exchange(step, version, self.grad, count,
                                                         loss, signal)
@@ -203,6 +218,7 @@ class Worker:
                                                                count, loss, signal),
                     self.grad if self.pusher else None)
             interrupted |= flagged
+            dog.idle()
             t2 = time.perf_counter()
             self.counters["steps_done"] += 1
             timers["compute"] += (t1 - t0) + (time.perf_counter() - t2) - waited
@@ -216,11 +232,7 @@ class Worker:
             # bsp: the servers' version is the next global step (a dropped worker skips
             # ahead to it); asp/ssp: every worker walks its own steps.
             step = max(step + 1, version) if self.sync else step + 1
-        plan.finish_reads()   # before any collective: servers may be answering data requests
-        if trace is not None:
-            write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
-        return {**self.counters, "version": version, "epochs": 0, "steps_per_epoch": 0,
-                "batch": plan.batch, "samples": 0, "interrupted": interrupted}
+        return version, interrupted
 
     def _exchange(self, step: int, version: int, grad: np.ndarray, count: int, loss: float,
                   signal: bool) -> tuple[int, bool, bool]:
@@ -372,10 +384,15 @@ class Server:
         self.sends = [MPI.REQUEST_NULL] * self.n_workers
         self.recvs = [MPI.REQUEST_NULL] * self.n_workers
         self.held = [False] * self.n_workers       # inbox[i] holds an unconsumed push
-        self.stopped = [False] * self.n_workers    # worker i has been told to stop
+        # Worker i has been told to stop. Resumed at the end (a final checkpoint), no
+        # worker has a step left and none will push: everyone is done from the start.
+        self.stopped = [start >= plan.total] * self.n_workers
         self.clock = [start] * self.n_workers      # steps completed per worker (asp/ssp)
         self.waiting: list[int] = []               # ssp: replies held back
         self.version = start
+        every = self.saver.every_steps
+        # asp/ssp: the next periodic checkpoint, at a multiple of checkpoint.every_steps.
+        self.next_save = (start // every + 1) * every if every else None
         self.acc = np.zeros(hi - lo, dtype=theta.dtype)
         self.scratch = np.zeros(hi - lo, dtype=theta.dtype)
         self.counters = {"updates": 0, "dropped": 0, "dropped_from": Counter(),
@@ -405,7 +422,8 @@ class Server:
     def run(self) -> dict:
         world = self.ctx.topo.world
         for i, w in enumerate(self.workers):
-            self.recvs[i] = world.Irecv(self.inbox[i].spec, w, TAG_PUSH)
+            if not self.stopped[i]:
+                self.recvs[i] = world.Irecv(self.inbox[i].spec, w, TAG_PUSH)
         timers = self.ctx.timers
         n = self.n_workers
         while not all(self.stopped):
@@ -427,6 +445,7 @@ class Server:
                 for i in done:
                     self._async(i)
                 self._release_ssp()
+                self._periodic_async()
             timers["comm"] += t1 - t0
             timers["compute"] += time.perf_counter() - t1
             self.ctx.timeline.add("wait", t0, t1)
@@ -436,8 +455,8 @@ class Server:
             self.data.finish(self.poller)
             self.counters["bytes_sent"] += self.data.sent_bytes
         if self.mode != "bsp":
-            # Asynchronous servers are not in step, so they checkpoint once, here, at the
-            # end (of training, or after a signal), all together.
+            # At the end (of training, or after a signal) all servers checkpoint together
+            # at the step the slowest worker completed.
             self.interrupted = bool(self.comm.allreduce(self.interrupted, op=MPI.MAX))
             if self.interrupted or (self.saver.enabled and self.cfg.checkpoint.final):
                 self._save("signal" if self.interrupted else "final")
@@ -486,11 +505,31 @@ class Server:
             self.interrupted = bool(stop)
             self._save("signal" if stop else "periodic")
 
-    def _save(self, reason: str) -> None:
+    def _periodic_async(self) -> None:
+        """asp/ssp: checkpoint when the slowest worker completes a multiple of
+        checkpoint.every_steps.
+
+        Every worker pushes every step to every server, so each server sees the slowest
+        worker's clock pass each multiple exactly once and in order: the servers meet in
+        the same collective saves without extra coordination. The one that gets there
+        first waits in the save for the others, which are still being fed by the
+        workers' pushes already sent to them. The saved parameters include the pushes
+        faster workers made past that step, which a resumed run makes again: an
+        asynchronous resume is approximate, as asynchronous training is.
+        """
+        if self.next_save is None:
+            return
+        slowest = min(self.clock)
+        while self.next_save <= slowest and self.next_save < self.plan.total:
+            self._save("periodic", self.next_save)
+            self.next_save += self.saver.every_steps
+
+    def _save(self, reason: str, step: int | None = None) -> None:
         """Collective over the servers. bsp: at the step just applied; asp/ssp: at the
         steps the slowest worker completed (workers resume there together)."""
         t0 = time.perf_counter()
-        step = self.version if self.mode == "bsp" else min(self.clock)
+        if step is None:
+            step = self.version if self.mode == "bsp" else min(self.clock)
         if self.mode != "bsp":
             step = self.comm.allreduce(step, op=MPI.MIN)
         self.checkpoint_path = self.saver.save_sharded(

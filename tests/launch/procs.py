@@ -11,7 +11,7 @@ from pathlib import Path
 
 def job_pids(marker: str) -> dict[int, int]:
     """{MPI rank: pid} of the Python processes whose command line contains ``marker``."""
-    found = {}
+    found: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -24,8 +24,21 @@ def job_pids(marker: str) -> dict[int, int]:
             continue
         for item in env:
             if item.startswith(b"PMI_RANK="):
-                found[int(item.split(b"=", 1)[1])] = int(proc.name)
-    return found
+                found.setdefault(int(item.split(b"=", 1)[1]), []).append(int(proc.name))
+    # Each rank is a supervising parent and the child that runs the job (mpisgd.supervise):
+    # the rank's process is the child, the one whose parent is also listed.
+    return {rank: _child(pids) for rank, pids in found.items()}
+
+
+def _child(pids: list[int]) -> int:
+    for pid in pids:
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid in pids:
+            return pid
+    return pids[0]
 
 
 def kill_rank_when_running(proc: subprocess.Popen, marker: str, rank: int, n: int,

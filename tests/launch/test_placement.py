@@ -146,14 +146,7 @@ def test_read_failing_twice_is_retried_and_changes_nothing(launch, tmp_path, une
     assert theta_of(out).tobytes() == theta_of(tmp_path / "clean").tobytes()
 
 
-def test_permanently_failing_file_stops_the_job_naming_it(launch, tmp_path, uneven):
-    r = launch(4, _job(uneven, "data.placement='storage'", "debug.read_fail_file='part-2'",
-                       "debug.read_fail_prob=1.0", "data.read_retries=2",
-                       "data.retry_delay=0.01") + ["--out", str(tmp_path / "run")],
-               timeout=60)
-    assert r.returncode != 0
-    assert "part-2.h5" in r.stderr and "after 3 tries" in r.stderr
-    assert "datasets X and y" in r.stderr
+# A file failing every read stops the job naming it: tests/faults (read-fault-persistent).
 
 
 def test_skip_mode_finishes_and_reports_the_skipped_rows(launch, tmp_path, uneven):

@@ -1,0 +1,135 @@
+"""Runs the reliability catalogue (tests/faults/scenarios.py): each scenario at 4 ranks in
+each mode it applies to. See docs/reliability.md for the guarantees this proves."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from mpisgd import checkpoint
+from launch.procs import job_pids, wait_gone
+
+from .scenarios import BASE, BY_NAME, CASES, MODES, N, SCENARIOS
+
+# setpriv: run as root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, so file
+# permissions apply (CI runs as root, and root reads a chmod-000 file).
+NO_DAC = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+TIMINGS: dict[str, float] = {}   # "scenario[mode]" -> seconds to a clean exit (conftest.py)
+
+
+def test_the_table_is_large_enough():
+    assert len(SCENARIOS) >= 40
+    assert len({s.name for s in SCENARIOS}) == len(SCENARIOS)
+    modes = {m for s in SCENARIOS for m in s.modes}
+    assert modes == set(MODES)
+
+
+def _wait_for(paths, proc, timeout=60.0):
+    """Until ``paths()`` finds something (training is under way), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if paths():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the job ended before the fault: {proc.communicate()}")
+        time.sleep(0.05)
+    raise AssertionError("the job never got to its first checkpoint")
+
+
+def _run(launch, tmp, sc, mode):
+    """Start the scenario, inject its action, and wait (bounded); returns (result, seconds
+    from the fault to the exit, killed pid)."""
+    out = tmp / "run"
+    files = sc.files(tmp) if sc.files else {}
+    if sc.before:
+        sc.before(launch, tmp, mode, out)
+    if (tmp / "newest").exists():
+        files["newest"] = (tmp / "newest").read_text()
+    args = [a.format(tmp=tmp, out=out, **files) for a in sc.args]
+    args = BASE + MODES[mode] + args
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    prefix = NO_DAC if sc.no_dac and os.geteuid() == 0 else None
+    t0 = time.monotonic()
+    proc = launch.start(N, args, env=sc.env, prefix=prefix)
+    killed = None
+    try:
+        if sc.action:
+            _wait_for(lambda: list((out / "checkpoints").glob("step-*")), proc)
+            t0 = time.monotonic()
+            if sc.action == "term":
+                os.killpg(proc.pid, signal.SIGTERM)   # as Slurm does: every process
+            else:
+                rank = int(sc.action.split(":")[1])
+                killed = job_pids(str(out))[rank]
+                os.kill(killed, signal.SIGKILL)
+                t0 = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=sc.limit + 30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"HANG: {sc.name} in {mode} did not end within {sc.limit + 30} s\n"
+                    f"--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}")
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    elapsed = time.monotonic() - t0
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), elapsed, killed
+
+
+@pytest.mark.parametrize("name, mode", CASES, ids=[f"{n}[{m}]" for n, m in CASES])
+def test_scenario(launch, tmp_path, name, mode):
+    sc = BY_NAME[name]
+    out = tmp_path / "run"
+    r, elapsed, killed = _run(launch, tmp_path, sc, mode)
+    text = r.stdout + r.stderr
+    where = f"{name} in {mode}: exit {r.returncode}\n--- stdout\n{r.stdout[-4000:]}\n" \
+            f"--- stderr\n{r.stderr[-4000:]}"
+    # Nothing of the job is left running.
+    assert wait_gone(str(out), timeout=10) == [], "leftover processes: " + where
+    TIMINGS[f"{name}[{mode}]"] = elapsed
+    assert elapsed < sc.limit, f"took {elapsed:.1f} s: " + where
+    if sc.code is None:
+        assert r.returncode != 0, where
+    else:
+        assert r.returncode == sc.code, where
+    for fragment in sc.says:
+        assert fragment in text, f"missing {fragment!r}: " + where
+    assert "Traceback" not in text, where
+    if sc.code != 0:   # one message, from one rank or agreed
+        assert len(re.findall(r"mpisgd: (error|stopped)", r.stderr)) == 1, where
+    rank = sc.rank.get(mode) if isinstance(sc.rank, dict) else sc.rank
+    if rank is not None:
+        assert re.search(rf"mpisgd: error on rank {rank} |\brank {rank}: ", r.stderr), where
+    if killed is not None:
+        # The rank's supervisor names it; ranks.json maps the pid to the same rank.
+        rank = int(sc.action.split(":")[1])
+        assert f"mpisgd: error on rank {rank} " in r.stderr, where
+        assert f"(pid {killed}) died of signal 9 (SIGKILL)" in r.stderr, where
+        ranks = json.loads((out / "ranks.json").read_text())
+        assert [row["rank"] for row in ranks if row["pid"] == killed] == [rank]
+    if sc.after:
+        sc.after(out, r)
+    if sc.resume:
+        _previous_checkpoint_resumes(launch, out, mode, where)
+
+
+def _previous_checkpoint_resumes(launch, out, mode, where):
+    """The newest valid checkpoint loads and verifies, and ``--resume auto`` continues
+    from exactly it to the end of the job."""
+    ckpt, _ = checkpoint.find_latest(out)
+    assert ckpt is not None, "no intact checkpoint: " + where
+    assert ckpt.step > 0
+    r = launch(N, BASE + MODES[mode] + ["--out", str(out), "--resume", "auto"], timeout=120)
+    assert r.returncode == 0, f"resume failed: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
+    assert f"resuming at step {ckpt.step} from {ckpt.path}" in r.stdout, r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"]["r2"] > 0.9, summary["test"]
