@@ -7,6 +7,7 @@ first; then every rank raises the same error, so nobody is left waiting.
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import sys
@@ -162,6 +163,16 @@ def enable_single_abort_message() -> None:
         np.frombuffer(win.tomemory(), dtype=np.int32)[:] = 0
     comm.Barrier()
     _abort_counter = win
+    # Freed (collectively) before MPI_Finalize, which mpi4py runs after Python's atexit
+    # handlers: a window left open makes some transports warn at exit.
+    atexit.register(_free_abort_counter)
+
+
+def _free_abort_counter() -> None:
+    global _abort_counter
+    win, _abort_counter = _abort_counter, None
+    if win is not None and MPI.Is_initialized() and not MPI.Is_finalized():
+        win.Free()
 
 
 def _first_to_abort(timeout: float = 1.0) -> bool:

@@ -43,16 +43,21 @@ ALL = tuple(MODES)
 AR = ("ar-flat", "ar-hier")
 PS = ("ps-bsp", "ps-asp", "ps-ssp")
 # Which modes a scenario runs in: every mode where the mode can change what happens.
-# Job files and dataset metadata are checked identically on every rank before any
-# mode-specific code runs, and each rank's rows right after reading them, where only the
-# roles matter (in ps modes the workers read, the servers do not): one allreduce and one
-# parameter-server mode cover them. Everything that happens during training, reading,
-# checkpointing or resuming runs in all five.
+# Each rank's rows are checked right after reading them, and the world against the data,
+# where only the roles matter (in ps modes the workers read, the servers do not): one
+# allreduce and one parameter-server mode cover them.
 CONFIG = ("ar-flat", "ps-bsp")
+# A job file, an output folder, a checkpoint path and a dataset's metadata are read the
+# same way before the mode is even looked at: one run shows it.
+ONCE = ("ar-flat",)
 # Reads during training go through one reader (mpisgd/data/source.py) in every mode; what
 # differs is who reads and whether the readers are in step: all ranks in lockstep
 # (allreduce), workers in lockstep (bsp), workers out of step (asp).
-READS = ("ar-flat", "ps-bsp", "ps-asp")
+READS = ("ar-flat", "ps-asp")
+# Paths that differ between allreduce (flat; hierarchical, whose state lives in node-shared
+# windows) and the parameter server (bsp: servers in step; asp: not), but not between asp
+# and ssp, which share the server loop, the checkpoint writer and the error paths.
+PATHS = ("ar-flat", "ar-hier", "ps-bsp", "ps-asp")
 
 # A slow worker keeps the job running long enough for a kill or a signal to land mid-run.
 SLOW = sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=40")
@@ -190,21 +195,20 @@ STORAGE = sets("data.placement='storage'", "data.retry_delay=0.01")
 
 SCENARIOS = [
     # -- failures inside training, on one rank ----------------------------------------------
-    Scenario("kernel-exception-step-1", ALL, sets(f"debug.fail_rank={WORKER}", "debug.fail_step=1"),
+    Scenario("kernel-exception-step-1", ("ar-flat", "ps-asp"), sets(f"debug.fail_rank={WORKER}", "debug.fail_step=1"),
              code=1, says=("injected failure in the gradient kernel at step 1",), rank=WORKER),
     Scenario("kernel-exception-step-50", ALL,
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=50"),
-             code=1, says=("injected failure in the gradient kernel at step 50",), rank=WORKER,
-             resume=True),
+             code=1, says=("injected failure in the gradient kernel at step 50",), rank=WORKER),
     Scenario("sigkill-worker", ALL, SLOW, action=f"kill:{WORKER}", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
     Scenario("sigkill-server", PS, SLOW, action=f"kill:{SERVER}", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
     Scenario("sigkill-rank-0", ALL, SLOW, action="kill:0", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
-    Scenario("sigterm-whole-job", ALL, SLOW, action="term", code=75,
+    Scenario("sigterm-whole-job", PATHS, SLOW, action="term", code=75,
              says=("mpisgd: stopped: stopped by a signal", "--resume auto"), resume=True),
-    Scenario("rank-slower-than-step-timeout", ALL,
+    Scenario("rank-slower-than-step-timeout", PATHS,
              sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=600000", "train.step_timeout=2"),
              code=3, says=("longer than train.step_timeout = 2 s",), rank=WORKER),
     Scenario("worker-missing-at-ps-stall-abort", PS,
@@ -228,58 +232,58 @@ SCENARIOS = [
     Scenario("shard-missing-on-one-rank", CONFIG, _data("good"), files=good_file,
              env={"MPISGD_TEST_HIDE": "2:good.h5"}, says=("No such file or directory",
                                                           "good.h5"), rank=2),
-    Scenario("shard-missing", CONFIG, sets("data.train='{tmp}/nope.h5'"), files=bad_files,
+    Scenario("shard-missing", ONCE, sets("data.train='{tmp}/nope.h5'"), files=bad_files,
              says=("nope.h5' does not exist",)),
-    Scenario("manifest-lists-missing-shard", CONFIG, _data("manifest"), files=bad_files,
+    Scenario("manifest-lists-missing-shard", ONCE, _data("manifest"), files=bad_files,
              says=("gone.h5",)),
-    Scenario("shard-unreadable-permissions", CONFIG, _data("locked"), files=bad_files, no_dac=True,
+    Scenario("shard-unreadable-permissions", ONCE, _data("locked"), files=bad_files, no_dac=True,
              says=("locked.h5", "permission denied")),
-    Scenario("shard-truncated", CONFIG, _data("truncated"), files=bad_files,
+    Scenario("shard-truncated", ONCE, _data("truncated"), files=bad_files,
              says=("truncated.h5", "truncated")),
-    Scenario("shard-not-hdf5", CONFIG, _data("garbage"), files=bad_files,
+    Scenario("shard-not-hdf5", ONCE, _data("garbage"), files=bad_files,
              says=("garbage.h5", "is not a readable HDF5 file")),
-    Scenario("shard-wrong-dataset-names", CONFIG, _data("names"), files=bad_files,
+    Scenario("shard-wrong-dataset-names", ONCE, _data("names"), files=bad_files,
              says=("names.h5", "'X'")),
-    Scenario("shard-wrong-dtype", CONFIG, _data("intX"), files=bad_files, says=("int32",)),
-    Scenario("shard-wrong-shape-rows", CONFIG, _data("shape"), files=bad_files, says=("99",)),
-    Scenario("shard-wrong-shape-1d", CONFIG, _data("X1d"), files=bad_files, says=("X1d.h5",)),
+    Scenario("shard-wrong-dtype", ONCE, _data("intX"), files=bad_files, says=("int32",)),
+    Scenario("shard-wrong-shape-rows", ONCE, _data("shape"), files=bad_files, says=("99",)),
+    Scenario("shard-wrong-shape-1d", ONCE, _data("X1d"), files=bad_files, says=("X1d.h5",)),
     Scenario("shard-nan", CONFIG, _data("nan"), files=bad_files, says=("NaN", "row 37")),
     Scenario("shard-inf", CONFIG, _data("inf"), files=bad_files, says=("inf", "row 61")),
     Scenario("labels-out-of-range", CONFIG, _data("labels", "model.name='logistic'"),
              files=bad_files, says=("label", "7")),
-    Scenario("shard-empty", CONFIG, _data("empty"), files=bad_files, says=("empty",)),
+    Scenario("shard-empty", ONCE, _data("empty"), files=bad_files, says=("empty",)),
     # -- job files ---------------------------------------------------------------------------
-    Scenario("job-syntax-error", CONFIG, ["{tmp}/syntax.toml"], files=bad_files,
+    Scenario("job-syntax-error", ONCE, ["{tmp}/syntax.toml"], files=bad_files,
              says=("not valid TOML",)),
-    Scenario("job-file-missing", CONFIG, ["{tmp}/nojob.toml"], files=bad_files,
+    Scenario("job-file-missing", ONCE, ["{tmp}/nojob.toml"], files=bad_files,
              says=("nojob.toml",)),
-    Scenario("job-unknown-key", CONFIG, sets("optimizer.lrr=0.1"),
+    Scenario("job-unknown-key", ONCE, sets("optimizer.lrr=0.1"),
              says=("Did you mean 'optimizer.lr'",)),
-    Scenario("job-value-out-of-range", CONFIG, sets("optimizer.lr=-0.1"),
+    Scenario("job-value-out-of-range", ONCE, sets("optimizer.lr=-0.1"),
              says=("The 'optimizer.lr' parameter must be a float in (0, inf). Got -0.1",)),
-    Scenario("job-wrong-type", CONFIG, sets("train.epochs='many'"),
+    Scenario("job-wrong-type", ONCE, sets("train.epochs='many'"),
              says=("The 'train.epochs' parameter must be an int",)),
-    Scenario("job-unknown-choice", CONFIG, sets("model.name='svm'"), says=("Got 'svm' instead",)),
+    Scenario("job-unknown-choice", ONCE, sets("model.name='svm'"), says=("Got 'svm' instead",)),
     Scenario("world-too-small-for-servers", PS, sets("ps.servers=4"), says=("ps.servers",)),
     Scenario("more-ranks-than-rows", CONFIG, _data("one"), files=bad_files,
              says=("has 1 rows but the job runs",)),
-    Scenario("model-cannot-learn-task", CONFIG, sets("model.name='logistic'"),
+    Scenario("model-cannot-learn-task", ONCE, sets("model.name='logistic'"),
              says=("cannot learn a regression task",)),
-    Scenario("local-mode-on-many-ranks", CONFIG, sets("mode='local'"),
+    Scenario("local-mode-on-many-ranks", ONCE, sets("mode='local'"),
              says=("mode 'local' runs on one rank",)),
     Scenario("rollback-in-ps-mode", PS, sets("train.on_divergence='rollback'"),
              says=("train.on_divergence = 'rollback' needs mode = 'allreduce'",)),
     # -- output and checkpoints --------------------------------------------------------------
-    Scenario("output-not-writable", CONFIG, ["--out", "{readonly}/run"], files=bad_files,
+    Scenario("output-not-writable", ONCE, ["--out", "{readonly}/run"], files=bad_files,
              no_dac=True, says=("not writable",)),
-    Scenario("output-path-is-a-file", CONFIG, ["--out", "{tmp}/afile/run"], files=bad_files,
+    Scenario("output-path-is-a-file", ONCE, ["--out", "{tmp}/afile/run"], files=bad_files,
              says=("not writable",)),
-    Scenario("disk-full-during-checkpoint", ALL, env={"MPISGD_TEST_CKPT_FAULT": "enospc:2"},
+    Scenario("disk-full-during-checkpoint", PATHS, env={"MPISGD_TEST_CKPT_FAULT": "enospc:2"},
              says=("No space left on device",), resume=True),
-    Scenario("crash-before-checkpoint-rename", ALL,
+    Scenario("crash-before-checkpoint-rename", PATHS,
              env={"MPISGD_TEST_CKPT_FAULT": "before_rename:2"}, code=None,
              says=("exited with code 9 without reporting an error",), rank=0, resume=True),
-    Scenario("torn-newest-checkpoint", ALL, env={"MPISGD_TEST_CKPT_FAULT": "after_commit:2"},
+    Scenario("torn-newest-checkpoint", PATHS, env={"MPISGD_TEST_CKPT_FAULT": "after_commit:2"},
              code=None, says=("exited with code 9 without reporting an error",), rank=0,
              resume=True),
     # Loading verifies every checkpoint alike; one replicated writer (allreduce) and one
@@ -287,15 +291,15 @@ SCENARIOS = [
     Scenario("corrupt-newest-checkpoint-at-resume", ("ar-flat", "ps-asp"), ["--resume", "auto"],
              before=_finished_run, code=0, says=("skipping checkpoint", "checksum mismatch",
                                                  "resuming at step")),
-    Scenario("resume-from-corrupt-checkpoint-path", CONFIG, ["--resume", "{newest}"],
+    Scenario("resume-from-corrupt-checkpoint-path", ONCE, ["--resume", "{newest}"],
              before=_corrupt_path, says=("checksum mismatch",)),
-    Scenario("resume-checkpoint-of-another-model", CONFIG,
+    Scenario("resume-checkpoint-of-another-model", ONCE,
              ["--resume", "auto", *sets("data.synth.features=5")],
              before=lambda launch, tmp, mode, out: launch(
                  N, BASE + MODES[mode] + ["--out", str(out)], timeout=120, check=True),
              says=("holds model 'linear' with 8 features",)),
     # -- divergence --------------------------------------------------------------------------
-    Scenario("divergence-lr-too-large", ALL, sets("optimizer.lr=1e6"), code=4,
+    Scenario("divergence-lr-too-large", PATHS, sets("optimizer.lr=1e6"), code=4,
              says=("NaN/Inf", "lower optimizer.lr")),
     Scenario("divergence-rollback-recovers", AR,
              sets("optimizer.lr=1e6", "checkpoint.every_steps=50", "train.on_divergence='rollback'",
@@ -304,7 +308,7 @@ SCENARIOS = [
     Scenario("divergence-rollback-exhausted", AR,
              sets("optimizer.lr=1e6", "train.on_divergence='rollback'", "train.max_rollbacks=2"),
              code=4, says=("Still diverging after 2 rollback(s)",)),
-    Scenario("transient-nan-then-resume", ALL,
+    Scenario("transient-nan-then-resume", PATHS,
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=50", "debug.fail_kind='nan'"),
              code=4, says=("NaN/Inf",), rank={m: 0 for m in PS}, resume=True),
     Scenario("transient-nan-rolled-back", AR,

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 
+import h5py
 import pytest
 
 from mpisgd import checkpoint
@@ -122,9 +123,24 @@ def test_scenario(launch, tmp_path, name, mode):
         _previous_checkpoint_resumes(launch, out, mode, where)
 
 
+# Synchronous modes whose resumed runs must end bitwise like an uninterrupted one.
+BITWISE = ("ar-flat", "ps-bsp")
+_REFERENCE: dict[str, bytes] = {}
+
+
+def _reference(launch, mode, folder) -> bytes:
+    """The final parameters of the job run without any fault (once per mode)."""
+    if mode not in _REFERENCE:
+        launch(N, BASE + MODES[mode] + ["--out", str(folder)], timeout=120, check=True)
+        with h5py.File(folder / "model.h5", "r") as f:
+            _REFERENCE[mode] = f["theta"][...].tobytes()
+    return _REFERENCE[mode]
+
+
 def _previous_checkpoint_resumes(launch, out, mode, where):
     """The newest valid checkpoint loads and verifies, and ``--resume auto`` continues
-    from exactly it to the end of the job."""
+    from exactly it to the end of the job (in synchronous modes: bitwise like a run
+    without the fault)."""
     ckpt, _ = checkpoint.find_latest(out)
     assert ckpt is not None, "no intact checkpoint: " + where
     assert ckpt.step > 0
@@ -133,3 +149,8 @@ def _previous_checkpoint_resumes(launch, out, mode, where):
     assert f"resuming at step {ckpt.step} from {ckpt.path}" in r.stdout, r.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test"]["r2"] > 0.9, summary["test"]
+    if mode in BITWISE:
+        with h5py.File(out / "model.h5", "r") as f:
+            resumed = f["theta"][...].tobytes()
+        assert resumed == _reference(launch, mode, out.parent / "reference"), \
+            "the resumed run ended differently from an uninterrupted one: " + where

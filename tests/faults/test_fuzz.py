@@ -273,7 +273,7 @@ def launched_jobs(draw):
     return overrides, data, draw(st.sampled_from([2, 3]))
 
 
-@settings(max_examples=12 * SCALE, deadline=None, derandomize=True, database=None,
+@settings(max_examples=8 * SCALE, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(job=launched_jobs())
 def test_random_job_ends_cleanly(launch, tmp_path_factory, job):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -39,22 +36,6 @@ def _child(pids: list[int]) -> int:
         if ppid in pids:
             return pid
     return pids[0]
-
-
-def kill_rank_when_running(proc: subprocess.Popen, marker: str, rank: int, n: int,
-                           wait_for: Path, timeout: float = 60) -> None:
-    """SIGKILL ``rank`` once ``wait_for`` exists (training has started)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pids = job_pids(marker)
-        if len(pids) == n and wait_for.exists():
-            os.kill(pids[rank], signal.SIGKILL)
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"job ended before the kill: {proc.communicate()}")
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError("the job never reached training")
 
 
 def wait_gone(marker: str, timeout: float = 10) -> list[int]:
