@@ -310,7 +310,8 @@ def _fit(ctx: Context, mode, theta: np.ndarray, start: int, opt_state: dict | No
     the summary's ``rollbacks``.
     """
     cfg = ctx.cfg
-    first = (theta.copy(), start, opt_state)
+    # The starting point, kept only when a rollback may need it.
+    first = (theta.copy(), start, opt_state) if cfg.train.on_divergence == "rollback" else None
     rollbacks: list[dict] = []
     while True:
         try:

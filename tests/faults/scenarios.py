@@ -15,10 +15,12 @@ ssp consistency. Rank 3 is a worker in every mode, rank 1 a server in ps modes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 
 from mpisgd.data import write_shard
@@ -149,42 +151,34 @@ def _data(key: str, *more: str) -> list[str]:
 # Stages and checks
 
 
-def _finished_run(launch, tmp, mode, out):
-    """A whole run with checkpoints, then its newest checkpoint corrupted in place."""
+def _finished_run(launch, tmp, mode, out) -> Path:
+    """A whole run with checkpoints, then its newest checkpoint corrupted in place; returns
+    that checkpoint's folder."""
     launch(N, BASE + MODES[mode] + ["--out", str(out)], timeout=120, check=True)
     newest = max((out / "checkpoints").glob("step-*"), key=lambda p: p.stat().st_mtime_ns)
     shard = sorted(newest.glob("shard-*.h5"))[0]
-    import h5py
-
     with h5py.File(shard, "r+") as f:   # flip one stored parameter: a silent bit rot
         theta = f["theta"]
         theta[0] = theta[0] + 1.0
+    return newest
 
 
 def _corrupt_path(launch, tmp, mode, out):
-    _finished_run(launch, tmp, mode, out)
-    newest = max((out / "checkpoints").glob("step-*"), key=lambda p: p.stat().st_mtime_ns)
-    (tmp / "newest").write_text(str(newest))
+    (tmp / "newest").write_text(str(_finished_run(launch, tmp, mode, out)))
 
 
 def _rolled_back_once(out, result):
-    import json
-
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["rollbacks"]) == 1, summary.get("rollbacks")
     assert summary["test"]["r2"] > 0.9, summary["test"]
 
 
 def _retried(out, result):
-    import json
-
     io = json.loads((out / "summary.json").read_text())["data_io"]["total"]
     assert io["retries"] > 0 and io["skipped_rows"] == 0, io
 
 
 def _skipped(out, result):
-    import json
-
     io = json.loads((out / "summary.json").read_text())["data_io"]["total"]
     assert io["skipped_rows"] > 0, io
     assert "skipped" in result.stderr
