@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make run` and `make test`.
 #   make run [NP=8] [JOB=jobs/logreg.toml] [ARGS="--set train.epochs=3"]
 #   make test                 the whole suite (unit, MPI collectives, launch tests)
+#   make test-quick           the inner loop: unit tests and one launch per mode (~3 min)
 #   make soak                 the default job 20x at 8 ranks in each mode (~15 min)
 #   make test-slurm           the Slurm tests alone (a real single-node Slurm; needs root)
 #   make slurm-up / slurm-down  start / stop that test cluster by hand
@@ -23,7 +24,7 @@ else
   MPIEXEC = $(VENV)/bin/mpiexec
 endif
 
-.PHONY: run test soak test-slurm slurm-up slurm-down install bench clean
+.PHONY: run test test-quick soak test-slurm slurm-up slurm-down install bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -41,6 +42,9 @@ run: install
 
 test: install
 	$(PY) -m pytest -q
+
+test-quick: install
+	$(PY) -m pytest -q -m quick
 
 test-slurm: install
 	$(PY) -m pytest -q tests/slurm

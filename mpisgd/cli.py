@@ -55,19 +55,21 @@ def main(argv: list[str] | None = None) -> int:
         return _info()
     if argv and argv[0] in ("plot", "compare"):  # one process, no MPI: see mpisgd.plot
         from .plot import main as plot_main; return plot_main(argv)  # noqa: E702
+    return _collective(*collective_command(argv))
+
+
+def collective_command(argv: list[str]):
+    """(command, its arguments) of a command that runs on every rank: train (the
+    default), solve, eval, predict or cv."""
     if argv and argv[0] in _COMMANDS:
-        return _collective(_COMMANDS[argv[0]], argv[1:])
+        return _COMMANDS[argv[0]], argv[1:]
     if argv and argv[0] == "train":
         argv = argv[1:]
-    return _collective(_train, argv)
+    return _train, argv
 
 
 def _collective(command, argv: list[str]) -> int:
-    """Run ``command(argv)`` on every rank with the job's error discipline.
-
-    An agreed error is printed once by rank 0 and every rank exits with its code; any
-    other exception on any rank is printed by that rank and aborts the whole job.
-    """
+    """Prepare this process for MPI, then :func:`run_collective`."""
     from .launch_env import tune_for_oversubscription
     from .paths import set_numba_cache_dir
     from .supervise import supervise
@@ -75,6 +77,17 @@ def _collective(command, argv: list[str]) -> int:
     supervise()   # before MPI starts: a rank killed by a signal is then named (see there)
     set_numba_cache_dir()
     tune_for_oversubscription()
+    return run_collective(command, argv)
+
+
+def run_collective(command, argv: list[str]) -> int:
+    """Every rank: run ``command(argv)`` with the job's error discipline.
+
+    An agreed error is printed once by rank 0 and every rank returns its code; any
+    other exception on any rank is printed by that rank and aborts the whole job. Can
+    run several jobs one after the other in one MPI world (each job duplicates the
+    world communicator): the test suite's job pool does.
+    """
     from mpi4py import MPI  # initialises MPI; every rank runs the lines below
 
     debug = "--debug" in argv

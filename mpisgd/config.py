@@ -266,6 +266,10 @@ class DebugConfig:
     slow_factor: float = _f(1.0, Check("float", lo=1.0),
                             "... and reads and computes this many times slower (sleeps in "
                             "proportion)")
+    signal_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank alone receives "
+                                                    "SIGTERM ...")
+    signal_step: int = _f(-1, Check("int", lo=-1), "... at this step (a server: when its "
+                                                   "version reaches it)")
     read_fail_file: str = _f("", Check("str"), "fault injection: reads of shard files whose "
                                                "path contains this fail ...")
     read_fail_times: int = _f(0, INT0, "... the first N times on each rank ...")

@@ -15,7 +15,9 @@ def _handler(signum, _frame) -> None:
 
 
 def install() -> None:
-    """Main thread only, before training starts."""
+    """Main thread only, before training starts: a fresh start for this job (a process
+    that runs several jobs, like the test suite's pool, forgets the last one's signal)."""
+    _received.clear()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
 

@@ -73,6 +73,9 @@ class Context:
                                                     "rows": 0})
     timeline: Timeline = field(default_factory=lambda: Timeline(False))
     data_report: dict = field(default_factory=dict)   # storage placement: this rank's reads
+    # debug.fail_kind = "nan": the steps whose NaN has fired, once per run (a rollback
+    # replays them cleanly, as after a transient fault)
+    nan_fired: set = field(default_factory=set)
 
 
 def synth_path(cfg: JobConfig) -> Path:

@@ -7,11 +7,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from pool import Pools
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# The suite's own processes (unit tests compile kernels too) share the numba cache of the
+# launched jobs when MPISGD_CACHE names one: each kernel is compiled once per test run.
+if os.environ.get("MPISGD_CACHE"):
+    from mpisgd.paths import set_numba_cache_dir
+
+    set_numba_cache_dir()
 
 
 def mpiexec_path() -> str:
@@ -25,11 +35,30 @@ def mpiexec_path() -> str:
     return found
 
 
-class Launcher:
-    """Runs ``mpiexec -n N python ...`` with a hard timeout; kills the whole group on expiry."""
+# Commands that run outside the collective error discipline (see mpisgd.cli.main).
+_OWN_PROCESS = ("data", "info", "plot", "compare")
 
-    def __init__(self, env: dict[str, str]):
+# Every launch of the session: (test module, world size, pooled?, seconds).
+LAUNCHES: list[tuple[str, int, bool, float]] = []
+
+
+def _record(n: int, pooled: bool, seconds: float) -> None:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[0]
+    LAUNCHES.append((test, n, pooled, seconds))
+
+
+class Launcher:
+    """Runs ``mpiexec -n N python ...`` with a hard timeout; kills the whole group on expiry.
+
+    An ordinary job (``python -m mpisgd`` with no environment or wrapper of its own, and
+    ``fresh`` not asked) runs in the pool world of its size (tests/pool.py) unless
+    ``MPISGD_TEST_POOL=0``: a test about the launch itself (signals, process deaths,
+    start-up, the supervisor) asks for ``fresh=True`` or uses :meth:`start`.
+    """
+
+    def __init__(self, env: dict[str, str], pools: Pools | None = None):
         self.env = env
+        self.pools = pools
 
     def start(self, n: int, args: list[str], *, env: dict[str, str] | None = None,
               prefix: list[str] | None = None) -> subprocess.Popen:
@@ -40,30 +69,47 @@ class Launcher:
         """
         cmd = [*(prefix or []), mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpisgd",
                *args]
+        _record(n, False, float("nan"))
+        # start() is for tests about processes (kills, signals): each rank supervised.
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(self.env, **(env or {})), cwd=str(ROOT),
+                                env=dict(self.env, MPISGD_SUPERVISE="1", **(env or {})),
+                                cwd=str(ROOT),
                                 start_new_session=True)
 
     def __call__(self, n: int, args: list[str], *, timeout: float = 120, module: bool = True,
                  env: dict[str, str] | None = None, cwd: str | None = None,
-                 check: bool = False) -> subprocess.CompletedProcess:
+                 check: bool = False, fresh: bool = False) -> subprocess.CompletedProcess:
         cmd = [mpiexec_path(), "-n", str(n), sys.executable]
         cmd += ["-m", "mpisgd", *args] if module else list(args)
-        full_env = dict(self.env, **(env or {}))
+        t0 = time.monotonic()
+        pooled = (self.pools is not None and module and not env and not fresh
+                  and not (args and args[0] in _OWN_PROCESS))
+        if pooled:
+            code, out, err = self.pools.run(n, [str(a) for a in args], timeout, cwd)
+        else:
+            code, out, err = self._launch(cmd, timeout, env, cwd)
+        _record(n, pooled, time.monotonic() - t0)
+        if code is None:
+            pytest.fail(f"timed out after {timeout} s{' (pooled)' if pooled else ''}: "
+                        f"{' '.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}")
+        result = subprocess.CompletedProcess(cmd, code, out, err)
+        if check and result.returncode != 0:
+            pytest.fail(f"exit {result.returncode}: {' '.join(cmd)}\n"
+                        f"--- stdout\n{out}\n--- stderr\n{err}")
+        return result
+
+    def _launch(self, cmd: list[str], timeout: float, env: dict[str, str] | None,
+                cwd: str | None) -> tuple[int | None, str, str]:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=full_env, cwd=cwd or str(ROOT), start_new_session=True)
+                                env=dict(self.env, **(env or {})), cwd=cwd or str(ROOT),
+                                start_new_session=True)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            pytest.fail(f"timed out after {timeout} s: {' '.join(cmd)}\n"
-                        f"--- stdout\n{out}\n--- stderr\n{err}")
-        result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-        if check and result.returncode != 0:
-            pytest.fail(f"exit {result.returncode}: {' '.join(cmd)}\n"
-                        f"--- stdout\n{out}\n--- stderr\n{err}")
-        return result
+            return None, out, err
+        return proc.returncode, out, err
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +129,37 @@ def launch(session_cache) -> Launcher:
     env.pop("NUMBA_CACHE_DIR", None)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return Launcher(env)
+    # The per-rank supervisor (mpisgd/supervise.py) doubles the processes of a launch;
+    # only the tests about process deaths need it (they launch with start()).
+    env.setdefault("MPISGD_SUPERVISE", "0")
+    pools = None
+    if os.environ.get("MPISGD_TEST_POOL", "1") != "0":
+        pools = Pools(mpiexec_path(), env, str(ROOT))
+    try:
+        yield Launcher(env, pools)
+    finally:
+        if pools is not None:
+            pools.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Launches by test module: how many, how many in a pool world, and their time."""
+    if not LAUNCHES:
+        return
+    rows: dict[str, list] = {}
+    for module, _n, pooled, seconds in LAUNCHES:
+        row = rows.setdefault(module, [0, 0, 0.0])
+        row[0] += 1
+        row[1] += pooled
+        row[2] += 0.0 if seconds != seconds else seconds   # start(): timed by the test
+    write = terminalreporter.write_line
+    write("launches by test module (pooled: run in a long-lived world; seconds: launch() "
+          "calls only):")
+    for module, (count, pooled, seconds) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
+        write(f"  {module:<40} {count:4d} launches {pooled:4d} pooled {seconds:8.1f} s")
+    total = sum(r[2] for r in rows.values())
+    write(f"  {'total':<40} {len(LAUNCHES):4d} launches "
+          f"{sum(r[1] for r in rows.values()):4d} pooled {total:8.1f} s")
 
 
 @pytest.fixture
@@ -105,3 +181,25 @@ def by_thread_count():
 
     return run
 
+
+
+# `make test-quick`: every unit test and these launches, one per mode (allreduce flat,
+# hierarchical and local; ps bsp, asp and ssp; eval/predict; the error agreement; the
+# SIGTERM race of asynchronous servers).
+QUICK = (
+    "tests/launch/test_train.py::test_default_job_recovers_truth_and_least_squares",
+    "tests/launch/test_train.py::test_full_batch_gd_and_local_mode",
+    "tests/launch/test_topology.py::test_hierarchical_trains_like_flat_with_parameters_once_per_node[8-as-2x4]",
+    "tests/launch/test_ps.py::test_bsp_equals_allreduce_with_same_workers[float64-1e-06]",
+    "tests/launch/test_ps.py::test_async_linear_reaches_least_squares[asp]",
+    "tests/launch/test_ps.py::test_ssp_never_runs_more_than_s_ahead[2]",
+    "tests/launch/test_eval.py::test_predict_at_3_ranks_matches_numpy",
+    "tests/mpi/test_collectives.py::test_error_agreement_at_size[3]",
+    "tests/faults/test_catalogue.py::test_scenario[sigterm-one-server[ps-asp]]",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith("tests/unit/") or item.nodeid in QUICK:
+            item.add_marker(pytest.mark.quick)

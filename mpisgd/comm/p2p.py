@@ -24,6 +24,7 @@ H_VERSION = 0                                              # reply (flags in H_F
 HEADER_SLOTS = 6
 F_LAST = 1         # push flag: the worker's final step
 F_SIGNAL = 2       # push flag: this worker received SIGTERM/SIGUSR1
+F_LEAVE = 4        # push flag, no gradient: another server told this worker to stop
 F_STOP = 1         # reply flag: training is over for this worker
 F_INTERRUPTED = 2  # reply flag: ... because of a signal (a checkpoint was written)
 

@@ -129,7 +129,7 @@ def _steps(ctx, params, buf, reduce, start_step, averager, plan, dog) -> dict:
     period_loss = period_rows = 0.0   # local SGD: sums since the last averaging
     last_sync = start_step
     measure_wait = cfg.train.measure_wait and world.Get_size() > 1
-    hooks = Hooks(cfg.debug, ctx.topo.rank)
+    hooks = Hooks(cfg.debug, ctx.topo.rank, ctx.nan_fired)
     saver = Saver(ctx)
     stopper = EarlyStopping(cfg.train.patience)
     trace = {} if cfg.debug.trace_rows else None

@@ -3,6 +3,8 @@ straggler and failure hooks. Pure numpy over this rank's arrays; no communicatio
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -99,13 +101,24 @@ def check_finite(loss: float, grad: np.ndarray, step: int, lr: float, *,
 class Hooks:
     """Test and benchmark hooks from [debug]: a slow rank and an injected failure."""
 
-    def __init__(self, debug, rank: int):
+    def __init__(self, debug, rank: int, nan_fired: set[int]):
         self.slow_s = debug.slow_ms / 1000.0 if debug.slow_rank == rank else 0.0
         self.fail_step = debug.fail_step if debug.fail_rank == rank else -1
         self.nan = debug.fail_kind == "nan"
+        self.nan_fired = nan_fired
+        self.signal_step = debug.signal_step if debug.signal_rank == rank else -1
         self.rank = rank
 
+    def signal_at(self, step: int) -> None:
+        """``signal_rank``: this rank alone gets SIGTERM once it reaches ``signal_step``
+        (the others learn of it only through the protocol, as when a signal reaches the
+        ranks at different moments)."""
+        if 0 <= self.signal_step <= step:
+            self.signal_step = -1
+            os.kill(os.getpid(), signal.SIGTERM)
+
     def before_gradient(self, step: int) -> None:
+        self.signal_at(step)
         if self.slow_s:
             time.sleep(self.slow_s)
         if step == self.fail_step and not self.nan:
@@ -114,13 +127,11 @@ class Hooks:
 
     def after_gradient(self, step: int, grad: np.ndarray) -> None:
         """``fail_kind = "nan"``: this rank's gradient of ``fail_step`` is NaN, once per
-        process (a transient fault: a rollback replays the step cleanly)."""
-        if step == self.fail_step and self.nan and step not in _NAN_FIRED:
-            _NAN_FIRED.add(step)
+        run (a transient fault: a rollback's fresh Hooks share ``nan_fired`` and replay
+        the step cleanly)."""
+        if step == self.fail_step and self.nan and step not in self.nan_fired:
+            self.nan_fired.add(step)
             grad[0] = np.nan
-
-
-_NAN_FIRED: set[int] = set()   # per process, so that a rollback's fresh Hooks skip it
 
 
 class Saver:

@@ -26,7 +26,7 @@ from mpi4py import MPI
 
 from .. import runfolder, signals
 from ..comm import abort_job
-from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_SIGNAL, F_STOP, H_BASE, H_COUNT, H_FLAGS,
+from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_LEAVE, F_SIGNAL, F_STOP, H_BASE, H_COUNT, H_FLAGS,
                         H_LOSS, H_STEP, H_VERSION, HEADER_SLOTS, TAG_PUSH, TAG_REPLY, Message,
                         Poller, assemble)
 from ..comm.compress import ErrorFeedback
@@ -175,7 +175,7 @@ class Worker:
         self.theta = theta if group is None else group.theta.array
         # Where this rank's gradient goes: its row of the node's window, or its own buffer.
         self.out = self.grad if group is None else group.grads.array[group.rank]
-        self.hooks = Hooks(ctx.cfg.debug, ctx.topo.rank)
+        self.hooks = Hooks(ctx.cfg.debug, ctx.topo.rank, ctx.nan_fired)
         self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0}
 
     def run(self) -> dict:
@@ -254,6 +254,10 @@ class Worker:
             requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
             requests.append(world.Isend(msg.spec, server, TAG_PUSH))
         MPI.Request.Waitall(requests)
+        self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
+        stops = [bool(reply.ints[H_FLAGS] & F_STOP) for reply in self.reply]
+        if any(stops) and not all(stops):
+            self._leave([i for i, s in enumerate(stops) if not s])
         stop = interrupted = False
         versions = []
         for (lo, hi), reply in zip(self.ranges, self.reply):
@@ -261,9 +265,26 @@ class Worker:
             versions.append(int(reply.ints[H_VERSION]))
             stop |= bool(reply.ints[H_FLAGS] & F_STOP)
             interrupted |= bool(reply.ints[H_FLAGS] & F_INTERRUPTED)
-        self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
         self.counters["bytes_received"] += sum(m.nbytes for m in self.reply)
         return max(versions), stop, interrupted
+
+    def _leave(self, indices: list[int]) -> None:
+        """Tell the servers ``indices`` that this worker stops, and wait for their stop.
+
+        Asynchronous servers decide to stop on their own (a signal reaches each of them
+        at its own moment), so one server may tell a worker to stop while another still
+        expects its next push: without this goodbye that server would wait for the
+        worker until ps.stall_abort. The reply to a leave always says stop.
+        """
+        world = self.ctx.topo.world
+        requests = []
+        for i in indices:
+            msg, reply, server = self.push[i], self.reply[i], self.servers[i]
+            msg.ints[H_FLAGS], msg.ints[H_COUNT] = F_LEAVE, 0
+            requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
+            requests.append(world.Isend(msg.spec, server, TAG_PUSH))
+        MPI.Request.Waitall(requests)
+        self.counters["bytes_sent"] += sum(self.push[i].nbytes for i in indices)
 
     def held_bytes(self) -> dict[str, int]:
         """Bytes of parameters and buffers this rank allocated (see memory.node_memory)."""
@@ -374,6 +395,7 @@ class Server:
         if opt_state:
             self.optimizer.load_state(opt_state)
         self.saver = Saver(ctx)
+        self.hooks = Hooks(cfg.debug, ctx.topo.rank, ctx.nan_fired)
         self.interrupted = False
         self.checkpoint_path = None
         # Pushes arrive encoded when comm.compression is on (outbox: replies stay dense).
@@ -427,6 +449,7 @@ class Server:
         timers = self.ctx.timers
         n = self.n_workers
         while not all(self.stopped):
+            self.hooks.signal_at(self.version)
             t0 = time.perf_counter()
             if self.data is None:
                 done = self.poller.wait_some(self.recvs)
@@ -439,6 +462,8 @@ class Server:
             for i in done:
                 self.held[i] = True
                 self.counters["bytes_received"] += self.inbox[i].nbytes
+                if self.inbox[i].ints[H_FLAGS] & F_LEAVE:   # see Worker._leave
+                    self._consume_and_reply(i, stop=True)
             if self.mode == "bsp":
                 self._bsp()
             else:
@@ -563,6 +588,11 @@ class Server:
 
     def _release_ssp(self) -> None:
         if not self.waiting:
+            return
+        if self.interrupted:   # every reply says stop now: none is held back any longer
+            for i in self.waiting:
+                self._consume_and_reply(i)
+            self.waiting = []
             return
         running = [c for c, s in zip(self.clock, self.stopped) if not s]
         slowest = min(running) if running else self.plan.total

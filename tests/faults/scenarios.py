@@ -200,7 +200,14 @@ SCENARIOS = [
              says=("died of signal 9 (SIGKILL)",), resume=True),
     Scenario("sigkill-rank-0", ALL, SLOW, action="kill:0", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
-    Scenario("sigterm-whole-job", PATHS, SLOW, action="term", code=75,
+    # Every mode: asp and ssp servers each decide to stop on their own (the race of a
+    # worker told to stop by one server while another waits for its next push).
+    Scenario("sigterm-whole-job", ALL, SLOW, action="term", code=75,
+             says=("mpisgd: stopped: stopped by a signal", "--resume auto"), resume=True),
+    # That race made certain: one server alone gets the signal, the other learns of it
+    # only from the workers (a worker stopped by one server says goodbye to the others).
+    Scenario("sigterm-one-server", PS,
+             sets(f"debug.signal_rank={SERVER}", "debug.signal_step=30"), code=75,
              says=("mpisgd: stopped: stopped by a signal", "--resume auto"), resume=True),
     Scenario("rank-slower-than-step-timeout", PATHS,
              sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=600000", "train.step_timeout=2"),

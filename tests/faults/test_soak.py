@@ -37,7 +37,7 @@ def test_default_job_soak(launch, tmp_path, mode):
     for i in range(RUNS):
         out = tmp_path / f"run{i}"
         t0 = time.monotonic()
-        r = launch(8, MODES[mode] + ["--out", str(out)], timeout=120)
+        r = launch(8, MODES[mode] + ["--out", str(out)], timeout=120, fresh=True)
         times.append(time.monotonic() - t0)
         assert r.returncode == 0, f"run {i}: exit {r.returncode}\n{r.stdout}\n{r.stderr}"
         assert wait_gone(str(out), timeout=10) == [], f"run {i} left processes behind"
