@@ -40,6 +40,7 @@ endif
 run: install
 	$(MPIEXEC) -n $(NP) $(PY) -m mpisgd $(JOB) $(ARGS)
 
+test test-quick soak: export MPISGD_CACHE ?= $(CURDIR)/.cache/mpisgd
 test: install
 	$(PY) -m pytest -q
 

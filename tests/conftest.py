@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import report
 from pool import Pools
+from report import record_launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,15 +41,6 @@ def mpiexec_path() -> str:
 # Commands that run outside the collective error discipline (see mpisgd.cli.main).
 _OWN_PROCESS = ("data", "info", "plot", "compare")
 
-# Every launch of the session: (test module, world size, pooled?, seconds).
-LAUNCHES: list[tuple[str, int, bool, float]] = []
-
-
-def _record(n: int, pooled: bool, seconds: float) -> None:
-    test = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[0]
-    LAUNCHES.append((test, n, pooled, seconds))
-
-
 class Launcher:
     """Runs ``mpiexec -n N python ...`` with a hard timeout; kills the whole group on expiry.
 
@@ -69,7 +63,7 @@ class Launcher:
         """
         cmd = [*(prefix or []), mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpisgd",
                *args]
-        _record(n, False, float("nan"))
+        record_launch(n, False, None)
         # start() is for tests about processes (kills, signals): each rank supervised.
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=dict(self.env, MPISGD_SUPERVISE="1", **(env or {})),
@@ -88,7 +82,7 @@ class Launcher:
             code, out, err = self.pools.run(n, [str(a) for a in args], timeout, cwd)
         else:
             code, out, err = self._launch(cmd, timeout, env, cwd)
-        _record(n, pooled, time.monotonic() - t0)
+        record_launch(n, pooled, time.monotonic() - t0)
         if code is None:
             pytest.fail(f"timed out after {timeout} s{' (pooled)' if pooled else ''}: "
                         f"{' '.join(cmd)}\n--- stdout\n{out}\n--- stderr\n{err}")
@@ -119,7 +113,35 @@ def session_cache(tmp_path_factory) -> Path:
     ``MPISGD_CACHE`` (CI sets it inside the clone) keeps them across sessions.
     """
     env = os.environ.get("MPISGD_CACHE")
-    return Path(env) if env else tmp_path_factory.mktemp("mpisgd-cache")
+    if env:
+        return Path(env)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):   # one cache for all workers of the run
+        root = root.parent
+    (root / "mpisgd-cache").mkdir(exist_ok=True)
+    return root / "mpisgd-cache"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def warm_kernels(session_cache):
+    """Compile every model's kernels once, in the background at low priority: a cold
+    cache (a fresh clone) costs a minute of compiling, which then runs on the core the
+    first tests leave idle instead of inside them (mpisgd/kernels/warm.py)."""
+    import socket
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(session_cache / "numba" / socket.gethostname()),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "mpisgd.kernels.warm"], env=env,
+                            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: os.nice(10))
+    yield
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    # A failure here is a kernel that does not compile: the tests that use it say more.
+    assert proc.returncode in (0, -9), err
 
 
 @pytest.fixture(scope="session")
@@ -142,24 +164,25 @@ def launch(session_cache) -> Launcher:
             pools.close()
 
 
+def pytest_sessionfinish(session):
+    """An xdist worker sends its records to the controller."""
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["mpisgd_records"] = json.dumps(report.RECORDS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """The controller (xdist) gathers each worker's records."""
+    data = getattr(node, "workeroutput", {}).get("mpisgd_records")
+    if data:
+        for key, rows in json.loads(data).items():
+            report.RECORDS[key].extend(rows)
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Launches by test module: how many, how many in a pool world, and their time."""
-    if not LAUNCHES:
-        return
-    rows: dict[str, list] = {}
-    for module, _n, pooled, seconds in LAUNCHES:
-        row = rows.setdefault(module, [0, 0, 0.0])
-        row[0] += 1
-        row[1] += pooled
-        row[2] += 0.0 if seconds != seconds else seconds   # start(): timed by the test
-    write = terminalreporter.write_line
-    write("launches by test module (pooled: run in a long-lived world; seconds: launch() "
-          "calls only):")
-    for module, (count, pooled, seconds) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
-        write(f"  {module:<40} {count:4d} launches {pooled:4d} pooled {seconds:8.1f} s")
-    total = sum(r[2] for r in rows.values())
-    write(f"  {'total':<40} {len(LAUNCHES):4d} launches "
-          f"{sum(r[1] for r in rows.values()):4d} pooled {total:8.1f} s")
+    for line in report.fault_line() + report.launch_table():
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture
@@ -180,7 +203,6 @@ def by_thread_count():
         return results
 
     return run
-
 
 
 # `make test-quick`: every unit test and these launches, one per mode (allreduce flat,

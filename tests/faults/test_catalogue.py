@@ -15,6 +15,7 @@ import pytest
 
 from mpisgd import checkpoint
 from launch.procs import job_pids, wait_gone
+from report import FAULT_TIMINGS
 
 from .scenarios import BASE, BY_NAME, CASES, MODES, N, SCENARIOS
 
@@ -22,7 +23,6 @@ from .scenarios import BASE, BY_NAME, CASES, MODES, N, SCENARIOS
 # permissions apply (CI runs as root, and root reads a chmod-000 file).
 NO_DAC = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
-TIMINGS: dict[str, float] = {}   # "scenario[mode]" -> seconds to a clean exit (conftest.py)
 
 
 def test_the_table_is_large_enough():
@@ -102,7 +102,7 @@ def test_scenario(launch, tmp_path, name, mode):
             f"--- stderr\n{r.stderr[-4000:]}"
     # Nothing of the job is left running.
     assert wait_gone(str(out), timeout=10) == [], "leftover processes: " + where
-    TIMINGS[f"{name}[{mode}]"] = elapsed
+    FAULT_TIMINGS.append([f"{name}[{mode}]", elapsed])
     assert elapsed < sc.limit, f"took {elapsed:.1f} s: " + where
     if sc.code is None:
         assert r.returncode != 0, where
