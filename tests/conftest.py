@@ -131,7 +131,8 @@ def warm_kernels(session_cache):
 
     env = dict(os.environ, NUMBA_CACHE_DIR=str(session_cache / "numba" / socket.gethostname()),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "mpisgd.kernels.warm"], env=env,
+    # Models in reverse: the first launches (the default linear job) compile their own.
+    proc = subprocess.Popen([sys.executable, "-m", "mpisgd.kernels.warm", "--reverse"], env=env,
                             cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: os.nice(10))
     yield

@@ -79,11 +79,11 @@ class PoolWorld:
         """Ask the world to end after its current job (see :meth:`close`)."""
         (self.control / "stop").touch()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 20.0) -> None:
         if self.alive:
             self.stop()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
         self.log_out.close()
@@ -125,9 +125,12 @@ class Pools:
             world = self.worlds[n] = PoolWorld(self.mpiexec, n, self.env, self.cwd)
         return world.run(args, timeout, cwd)
 
-    def close(self) -> None:
-        for world in self.worlds.values():   # all told first: they end side by side
-            world.stop()
+    def close(self, grace: float = 3.0) -> None:
+        """End every world: told first, so that they end side by side; what has not
+        ended after ``grace`` seconds (interpreter and MPI teardown) is killed."""
         for world in self.worlds.values():
-            world.close()
+            world.stop()
+        deadline = time.monotonic() + grace
+        for world in self.worlds.values():
+            world.close(max(0.0, deadline - time.monotonic()))
         self.worlds.clear()

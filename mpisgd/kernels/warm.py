@@ -1,6 +1,6 @@
 """Compile (or load from numba's cache) every model's kernels ahead of need.
 
-    NUMBA_CACHE_DIR=... python -m mpisgd.kernels.warm [float32|float64 ...]
+    NUMBA_CACHE_DIR=... python -m mpisgd.kernels.warm [--reverse] [float32|float64 ...]
 
 A kernel is compiled on its first call with a new signature, a few seconds each for the
 parallel ones; with ``cache=True`` the result is kept in ``NUMBA_CACHE_DIR`` for every
@@ -47,4 +47,7 @@ def warm(dtypes=DTYPES, models=SPEC_MODELS) -> list[str]:
 
 
 if __name__ == "__main__":   # numba read NUMBA_CACHE_DIR when the package imported it
-    print("warmed:", ", ".join(warm(tuple(sys.argv[1:]) or DTYPES)))
+    args = sys.argv[1:]
+    order = SPEC_MODELS[::-1] if "--reverse" in args else SPEC_MODELS
+    dtypes = tuple(a for a in args if a != "--reverse") or DTYPES
+    print("warmed:", ", ".join(warm(dtypes, order)))

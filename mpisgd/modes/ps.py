@@ -462,8 +462,10 @@ class Server:
             for i in done:
                 self.held[i] = True
                 self.counters["bytes_received"] += self.inbox[i].nbytes
-                if self.inbox[i].ints[H_FLAGS] & F_LEAVE:   # see Worker._leave
-                    self._consume_and_reply(i, stop=True)
+            leaving = [i for i in done if self.inbox[i].ints[H_FLAGS] & F_LEAVE]
+            for i in leaving:   # no gradient: answered with stop alone (see Worker._leave)
+                self._consume_and_reply(i, stop=True)
+            done = [i for i in done if i not in leaving]
             if self.mode == "bsp":
                 self._bsp()
             else:
