@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -40,6 +39,7 @@ def mpiexec_path() -> str:
 
 # Commands that run outside the collective error discipline (see mpisgd.cli.main).
 _OWN_PROCESS = ("data", "info", "plot", "compare")
+
 
 class Launcher:
     """Runs ``mpiexec -n N python ...`` with a hard timeout; kills the whole group on expiry.
@@ -115,11 +115,7 @@ def session_cache(tmp_path_factory) -> Path:
     env = os.environ.get("MPISGD_CACHE")
     if env:
         return Path(env)
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):   # one cache for all workers of the run
-        root = root.parent
-    (root / "mpisgd-cache").mkdir(exist_ok=True)
-    return root / "mpisgd-cache"
+    return tmp_path_factory.mktemp("mpisgd-cache")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -163,22 +159,6 @@ def launch(session_cache) -> Launcher:
     finally:
         if pools is not None:
             pools.close()
-
-
-def pytest_sessionfinish(session):
-    """An xdist worker sends its records to the controller."""
-    out = getattr(session.config, "workeroutput", None)
-    if out is not None:
-        out["mpisgd_records"] = json.dumps(report.RECORDS)
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error):
-    """The controller (xdist) gathers each worker's records."""
-    data = getattr(node, "workeroutput", {}).get("mpisgd_records")
-    if data:
-        for key, rows in json.loads(data).items():
-            report.RECORDS[key].extend(rows)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -1,9 +1,4 @@
-"""What the suite measures about itself, printed after the run (tests/conftest.py).
-
-Module-level records filled by the tests. Under pytest-xdist each worker fills its own;
-the workers send theirs to the controller at the end (``workeroutput``), which prints
-one table for the whole run.
-"""
+"""What the suite measures about itself, printed after the run (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +8,6 @@ import os
 LAUNCHES: list[list] = []
 # The fault catalogue: [scenario[mode], seconds from the fault to a clean exit].
 FAULT_TIMINGS: list[list] = []
-
-RECORDS = {"launches": LAUNCHES, "fault_timings": FAULT_TIMINGS}
 
 
 def record_launch(n: int, pooled: bool, seconds: float | None) -> None:
@@ -33,7 +26,7 @@ def launch_table() -> list[str]:
         row[1] += bool(pooled)
         row[2] += seconds or 0.0
     lines = ["launches by test module (pooled: run in a long-lived world; seconds: "
-             "launch() calls, summed over workers):"]
+             "launch() calls only, start() is timed by its test):"]
     for module, (count, pooled, seconds) in sorted(rows.items(), key=lambda kv: -kv[1][2]):
         lines.append(f"  {module:<40} {count:4d} launches {pooled:4d} pooled {seconds:8.1f} s")
     lines.append(f"  {'total':<40} {len(LAUNCHES):4d} launches "
