@@ -15,7 +15,8 @@ Protocol, through files in CONTROL_DIR (all ranks share the machine):
 - ``stop`` ends the loop. An error that aborts the job aborts this world: the client
   sees the launcher's exit code, as it would for a job of its own.
 
-While waiting, ranks poll the folder and sleep: no rank spins in MPI.
+While waiting, ranks poll the folder and sleep: no rank spins in MPI. The client bounds
+every job with its test's timeout and kills the world's process group when it expires.
 """
 
 from __future__ import annotations
