@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -123,8 +124,6 @@ def warm_kernels(session_cache):
     """Compile every model's kernels once, in the background at low priority: a cold
     cache (a fresh clone) costs a minute of compiling, which then runs on the core the
     first tests leave idle instead of inside them (mpisgd/kernels/warm.py)."""
-    import socket
-
     env = dict(os.environ, NUMBA_CACHE_DIR=str(session_cache / "numba" / socket.gethostname()),
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # Models in reverse: the first launches (the default linear job) compile their own.
