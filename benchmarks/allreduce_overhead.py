@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpisgd.launch_env import tune_for_oversubscription  # noqa: E402
+from mpisgd.runtime.launch_env import tune_for_oversubscription  # noqa: E402
 
 tune_for_oversubscription()
 

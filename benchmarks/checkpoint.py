@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpisgd import checkpoint  # noqa: E402
+from mpisgd.store import checkpoint  # noqa: E402
 
 INTERVAL_S = 60.0
 

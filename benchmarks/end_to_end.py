@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from benchmarks.common import (MPIEXEC, ROOT, cell, job_env, run_mpisgd, stats,  # noqa: E402
                                write_json)
 from mpisgd.data import open_dataset, read_rows, shard_file_name, synth_to_folder  # noqa: E402
-from mpisgd.paths import cache_dir  # noqa: E402
+from mpisgd.runtime.paths import cache_dir  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpisgd.launch_env import tune_for_oversubscription  # noqa: E402
+from mpisgd.runtime.launch_env import tune_for_oversubscription  # noqa: E402
 
 tune_for_oversubscription()
 
@@ -39,8 +39,8 @@ from mpi4py import MPI  # noqa: E402
 
 from benchmarks.common import per_call, stats, write_json  # noqa: E402
 from mpisgd.comm import make_topology  # noqa: E402
-from mpisgd.comm.reduce import (HIERARCHICAL_MIN_BYTES, HierarchicalAllreduce,  # noqa: E402
-                                make_reducer)
+from mpisgd.comm.reduce import (  # noqa: E402
+    HIERARCHICAL_MIN_BYTES, HierarchicalAllreduce, make_reducer)
 
 COPY_BYTES = 64 << 20
 

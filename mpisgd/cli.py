@@ -20,14 +20,14 @@ import os
 import sys
 import traceback
 
-from .errors import ConfigError, Interrupted, MpisgdError
+from mpisgd.errors import ConfigError, Interrupted, MpisgdError
 
 USAGE = ("python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] "
          "[--resume auto|PATH] [--debug]")
 
 
 def _train_parser() -> argparse.ArgumentParser:
-    from .predict import ArgParser   # raises agreed errors, prints help on rank 0 only
+    from mpisgd.commands.predict import ArgParser   # raises agreed errors, prints help on rank 0 only
 
     p = ArgParser(prog="mpisgd", usage=USAGE,
                   description="Distributed gradient descent over MPI. With no job file, runs "
@@ -48,13 +48,13 @@ def _train_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "data":
-        from .data.cli import main as data_main
+        from mpisgd.commands.data import main as data_main
 
         return data_main(argv[1:])
     if argv and argv[0] == "info":
         return _info()
     if argv and argv[0] in ("plot", "compare"):  # one process, no MPI: see mpisgd.plot
-        from .plot import main as plot_main; return plot_main(argv)  # noqa: E702
+        from mpisgd.commands.plot import main as plot_main; return plot_main(argv)  # noqa: E702
     return _collective(*collective_command(argv))
 
 
@@ -70,9 +70,9 @@ def collective_command(argv: list[str]):
 
 def _collective(command, argv: list[str]) -> int:
     """Prepare this process for MPI, then :func:`run_collective`."""
-    from .launch_env import tune_for_oversubscription
-    from .paths import set_numba_cache_dir
-    from .supervise import supervise
+    from mpisgd.runtime.launch_env import tune_for_oversubscription
+    from mpisgd.runtime.paths import set_numba_cache_dir
+    from mpisgd.runtime.supervise import supervise
 
     supervise()   # before MPI starts: a rank killed by a signal is then named (see there)
     set_numba_cache_dir()
@@ -108,11 +108,11 @@ def run_collective(command, argv: list[str]) -> int:
             return exc.exit_code
         if debug:
             traceback.print_exc()
-        from .comm import abort_job
+        from mpisgd.comm import abort_job
 
         abort_job(str(exc) if exc.user_error else f"{exc} ({_where(exc)})", exc.exit_code)
     except BaseException as exc:  # noqa: BLE001 - anything else ends the whole job
-        from .comm import abort_job
+        from mpisgd.comm import abort_job
 
         if isinstance(exc, KeyboardInterrupt):
             abort_job("interrupted", 130)
@@ -139,7 +139,7 @@ def _where(exc: BaseException) -> str:
 
 
 def _load(args):
-    from .config import load_config
+    from mpisgd.config import load_config
 
     try:
         return load_config(args.job, args.overrides, out=args.out)
@@ -157,12 +157,12 @@ def _solve(argv: list[str]) -> int:
     """``mpisgd solve JOB.toml``: the exact least-squares (ridge) optimum, distributedly."""
     args = _train_parser().parse_args(argv)
     cfg = _load(args)
-    from .comm import bcast_value, make_topology
-    from .evaluation import evaluate, objective
-    from .log import say
-    from .oracle import solve
-    from .runfolder import write_oracle
-    from .train import prepare
+    from mpisgd.comm import bcast_value, make_topology
+    from mpisgd.evaluation import evaluate, objective
+    from mpisgd.runtime.log import say
+    from mpisgd.oracle import solve
+    from mpisgd.store.runfolder import write_oracle
+    from mpisgd.train import prepare
 
     topo = make_topology(cfg.topology.ranks_per_node)
     ctx = prepare(cfg, topo)
@@ -181,19 +181,19 @@ def _solve(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    from .predict import eval_main
+    from mpisgd.commands.predict import eval_main
 
     return eval_main(argv)
 
 
 def _predict(argv: list[str]) -> int:
-    from .predict import predict_main
+    from mpisgd.commands.predict import predict_main
 
     return predict_main(argv)
 
 
 def _cv(argv: list[str]) -> int:
-    from .cv import main as cv_main
+    from mpisgd.commands.cv import main as cv_main
 
     return cv_main(argv)
 
@@ -202,9 +202,9 @@ _COMMANDS = {"solve": _solve, "eval": _eval, "predict": _predict, "cv": _cv}
 
 
 def _run_training(cfg, resume: str | None, timeline: str | None = None) -> int:
-    from . import signals
-    from .comm import make_topology
-    from .train import rank_threads, run
+    from mpisgd.runtime import signals
+    from mpisgd.comm import make_topology
+    from mpisgd.train import rank_threads, run
 
     signals.install()
     topo = make_topology(cfg.topology.ranks_per_node)
@@ -216,7 +216,7 @@ def _run_training(cfg, resume: str | None, timeline: str | None = None) -> int:
 
 def _info() -> int:
     """Versions of everything that decides how mpisgd runs here."""
-    from .paths import set_numba_cache_dir
+    from mpisgd.runtime.paths import set_numba_cache_dir
 
     set_numba_cache_dir()
     import h5py
@@ -225,7 +225,7 @@ def _info() -> int:
     import numpy
     from mpi4py import MPI
 
-    from . import __version__
+    from mpisgd import __version__
 
     lib = MPI.Get_library_version().strip().splitlines()[0]
     try:

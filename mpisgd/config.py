@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from mpisgd.errors import ConfigError
 
 # ---------------------------------------------------------------------------------
 # Constraints. Each returns the (possibly converted) value or raises ConfigError with

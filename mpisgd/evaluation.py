@@ -11,10 +11,10 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from . import kernels
-from .data.format import iter_selected
-from .metrics import (classification_sums, classification_width, finish_classification,
-                      finish_regression, regression_sums)
+from mpisgd import kernels
+from mpisgd.data.format import iter_selected
+from mpisgd.report.metrics import (classification_sums, classification_width,
+    finish_classification, finish_regression, regression_sums)
 
 _EVAL_BLOCK = 65536  # rows per prediction block: bounded memory for any test size
 

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .config import OptimizerConfig
+from mpisgd.config import OptimizerConfig
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # torch.nn.utils.clip_grad_norm_ adds this to the norm, so a zero gradient divides by 1e-6.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from .comm import bcast_value
-from .errors import ConfigError
+from mpisgd.comm import bcast_value
+from mpisgd.errors import ConfigError
 
 MAX_FEATURES = 4096
 _BLOCK = 65536

@@ -21,18 +21,20 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from . import checkpoint, cost, kernels, oracle, runfolder
-from .comm import Topology, agree, agreed_call, bcast_value
-from .comm.roles import Roles, assign_roles
-from .config import JobConfig
-from .data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
-from .data.format import iter_selected
-from .data.partition import block_range, holdout_mask
-from .errors import ConfigError, DataError, TrainingError
-from .evaluation import evaluate, objective, truth_distance
-from .log import say, warn
-from .paths import cache_dir
-from .timeline import Timeline
+from mpisgd.store import checkpoint, runfolder
+from mpisgd.report import cost
+from mpisgd import kernels, oracle
+from mpisgd.comm import Topology, agree, agreed_call, bcast_value
+from mpisgd.comm.roles import Roles, assign_roles
+from mpisgd.config import JobConfig
+from mpisgd.data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
+from mpisgd.data.format import iter_selected
+from mpisgd.data.partition import block_range, holdout_mask
+from mpisgd.errors import ConfigError, DataError, TrainingError
+from mpisgd.evaluation import evaluate, objective, truth_distance
+from mpisgd.runtime.log import say, warn
+from mpisgd.runtime.paths import cache_dir
+from mpisgd.runtime.timeline import Timeline
 
 # Which dataset task each model can learn.
 _MODEL_TASKS = {"linear": ("regression",), "logistic": ("binary",),
@@ -166,7 +168,7 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
         test_rows = np.arange(thi - tlo, dtype=np.int64)
     else:
         if cfg.data.folds:  # k-fold: the test rows are fold data.fold (stratified by class)
-            from .cv import fold_holdout
+            from mpisgd.commands.cv import fold_holdout
 
             held = fold_holdout(world, info, lo, hi, y, cfg.data.folds, cfg.data.fold,
                                 cfg.train.seed)
@@ -358,7 +360,7 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
     ``resume``: "auto" (the newest valid checkpoint of the run folder, if any) or a
     checkpoint folder. ``timeline``: write per-rank spans (Chrome trace) to this file.
     """
-    from .modes import allreduce, ps
+    from mpisgd.modes import allreduce, ps
 
     t_start = time.perf_counter()
     ctx = prepare(cfg, topo)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The suite's own processes (unit tests compile kernels too) share the numba cache of the
 # launched jobs when MPISGD_CACHE names one: each kernel is compiled once per test run.
 if os.environ.get("MPISGD_CACHE"):
-    from mpisgd.paths import set_numba_cache_dir
+    from mpisgd.runtime.paths import set_numba_cache_dir
 
     set_numba_cache_dir()
 

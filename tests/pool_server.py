@@ -37,8 +37,8 @@ def _wait_for(path: Path, stop: Path) -> bool:
 
 
 def main(control: Path) -> int:
-    from mpisgd.launch_env import tune_for_oversubscription
-    from mpisgd.paths import set_numba_cache_dir
+    from mpisgd.runtime.launch_env import tune_for_oversubscription
+    from mpisgd.runtime.paths import set_numba_cache_dir
 
     set_numba_cache_dir()
     tune_for_oversubscription()

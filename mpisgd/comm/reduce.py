@@ -17,8 +17,8 @@ import os
 import numpy as np
 from mpi4py import MPI
 
-from ..errors import ConfigError
-from .shm import SharedArray, no_shm_reason, shm_possible, warn_no_shm
+from mpisgd.errors import ConfigError
+from mpisgd.comm.shm import SharedArray, no_shm_reason, shm_possible, warn_no_shm
 
 METHODS = ("flat", "hierarchical", "auto")
 
@@ -347,7 +347,7 @@ class CompressedAllreduce(_Freed):
 
     def __init__(self, comm: MPI.Intracomm, buf: np.ndarray, n: int, codec,
                  error_feedback: bool = True):
-        from .compress import ErrorFeedback
+        from mpisgd.comm.compress import ErrorFeedback
 
         self.comm, self.codec, self.method = comm, codec, f"flat+{codec.name}"
         self.grad, self.tail = buf[:n], buf[n:]

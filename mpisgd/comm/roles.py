@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..data.partition import block_range
-from ..errors import ConfigError
+from mpisgd.data.partition import block_range
+from mpisgd.errors import ConfigError
 
 
 @dataclass(frozen=True)

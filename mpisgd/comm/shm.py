@@ -27,7 +27,7 @@ import os
 import numpy as np
 from mpi4py import MPI
 
-from ..log import warn
+from mpisgd.runtime.log import warn
 
 NO_SHM_ENV = "MPISGD_NO_SHM"
 

@@ -19,8 +19,8 @@ from typing import Any, Callable
 import numpy as np
 from mpi4py import MPI
 
-from .. import errors
-from ..errors import CommError, MpisgdError
+from mpisgd import errors
+from mpisgd.errors import CommError, MpisgdError
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .partition import block_range
+from mpisgd.data.partition import block_range
 
 
 @dataclass(frozen=True)

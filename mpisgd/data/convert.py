@@ -18,9 +18,9 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import DataError, OutputError
-from .format import TASKS, DatasetInfo, FolderBuild, ShardWriter, _float_dtype, open_dataset, \
-    shard_file_name
+from mpisgd.errors import DataError, OutputError
+from mpisgd.data.format import (TASKS, DatasetInfo, FolderBuild, ShardWriter, _float_dtype,
+    open_dataset, shard_file_name)
 
 FORMATS = ("csv", "npz", "libsvm")
 # Integer labels with more distinct values than this are taken for a regression target.

@@ -19,7 +19,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from ..errors import DataError, OutputError
+from mpisgd.errors import DataError, OutputError
 
 FORMAT_NAME = "mpisgd"
 FORMAT_VERSION = 1

@@ -20,8 +20,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from ..errors import DataError
-from .format import DatasetInfo, DatasetReader, check_values
+from mpisgd.errors import DataError
+from mpisgd.data.format import DatasetInfo, DatasetReader, check_values
 
 
 class FaultInjector:

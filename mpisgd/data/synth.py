@@ -17,9 +17,9 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from ..errors import DataError
-from .format import DatasetInfo, FolderBuild, ShardWriter, _float_dtype, open_dataset, \
-    shard_file_name
+from mpisgd.errors import DataError
+from mpisgd.data.format import (DatasetInfo, FolderBuild, ShardWriter, _float_dtype,
+    open_dataset, shard_file_name)
 
 KINDS = ("linear", "logistic", "multiclass")
 # float64 bytes of X per generated block: bounds memory (the block, its cast copy and

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from . import linear, logistic, mlp, softmax
-from .options import njit
+from mpisgd.errors import ConfigError, DataError
+from mpisgd.kernels import linear, logistic, mlp, softmax
+from mpisgd.kernels.options import njit
 
 MODELS = ("linear", "logistic", "softmax")  # the models a name alone describes
 SPEC_MODELS = MODELS + ("mlp",)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .linear import _affine, _axpy_rows
-from .options import CHUNK_ROWS, block_range, fold, n_blocks, njit, pjit, reduce_blocks
+from mpisgd.kernels.linear import _affine, _axpy_rows
+from mpisgd.kernels.options import (CHUNK_ROWS, block_range, fold, n_blocks, njit, pjit,
+    reduce_blocks)
 
 
 @njit

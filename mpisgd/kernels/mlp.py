@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from .options import MAX_ACC_BYTES, MAX_BLOCKS, block_range, fold, njit, pjit, reduce_blocks
-from .softmax import _softmax
+from mpisgd.kernels.options import (MAX_ACC_BYTES, MAX_BLOCKS, block_range, fold, njit, pjit,
+    reduce_blocks)
+from mpisgd.kernels.softmax import _softmax
 
 TASKS = ("regression", "binary", "multiclass")  # codes 0, 1, 2
 ACTS = ("relu", "tanh")  # codes 0, 1

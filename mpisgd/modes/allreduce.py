@@ -13,21 +13,22 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from .. import runfolder, signals
-from ..comm import agree
-from ..comm.reduce import CompressedAllreduce, make_reducer
-from ..errors import Interrupted
-from ..evaluation import evaluate
-from ..log import say
-from ..memory import node_memory
-from ..optim import clip_factor, learning_rate, sq_norm
-from ..progress import Progress
-from ..watchdog import StepWatchdog
-from .batches import make_batches
-from .common import (EarlyStopping, Hooks, Saver, StepPlan, check_finite, finish_gradient,
-                     gradient_codec)
-from .localsgd import Averager
-from .nodeparams import NodeParams
+from mpisgd.store import runfolder
+from mpisgd.runtime import signals
+from mpisgd.comm import agree
+from mpisgd.comm.reduce import CompressedAllreduce, make_reducer
+from mpisgd.errors import Interrupted
+from mpisgd.evaluation import evaluate
+from mpisgd.runtime.log import say
+from mpisgd.report.memory import node_memory
+from mpisgd.optim import clip_factor, learning_rate, sq_norm
+from mpisgd.runtime.progress import Progress
+from mpisgd.comm.watchdog import StepWatchdog
+from mpisgd.modes.batches import make_batches
+from mpisgd.modes.common import (EarlyStopping, Hooks, Saver, StepPlan, check_finite,
+    finish_gradient, gradient_codec)
+from mpisgd.modes.localsgd import Averager
+from mpisgd.modes.nodeparams import NodeParams
 
 
 def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = None) -> dict:

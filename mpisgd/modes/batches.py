@@ -12,12 +12,12 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from .. import kernels
-from ..data.chunks import (assign, chunk_table, chunks_per_step, epoch_order,
-                           locality_order, step_chunks)
-from ..data.partition import holdout_mask
-from ..data.source import ChunkReader
-from .dataserve import ServerChunkSource, owners
+from mpisgd import kernels
+from mpisgd.data.chunks import (assign, chunk_table, chunks_per_step, epoch_order,
+    locality_order, step_chunks)
+from mpisgd.data.partition import holdout_mask
+from mpisgd.data.source import ChunkReader
+from mpisgd.modes.dataserve import ServerChunkSource, owners
 
 
 class RowBatches:

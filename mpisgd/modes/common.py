@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.partition import epoch_permutation, local_schedule, steps_per_epoch
-from .. import checkpoint
-from ..errors import MpisgdError, TrainingError
+from mpisgd.data.partition import epoch_permutation, local_schedule, steps_per_epoch
+from mpisgd.store import checkpoint
+from mpisgd.errors import MpisgdError, TrainingError
 
 
 @dataclass
@@ -67,7 +67,7 @@ class StepPlan:
 def gradient_codec(ctx, n: int):
     """The job's codec (``comm.compression``) for gradients of ``n`` entries; None: dense.
     Allreduce mode codes the whole vector, a PS worker each server's key range."""
-    from ..comm.compress import make_codec
+    from mpisgd.comm.compress import make_codec
 
     comm = ctx.cfg.comm
     return make_codec(comm.compression, n, ctx.dtype, comm.topk_ratio, ctx.cfg.train.seed)
@@ -160,7 +160,7 @@ class Saver:
 
     def meta(self, step: int, reason: str) -> dict:
         ctx, cfg = self.ctx, self.ctx.cfg
-        from ..config import to_toml
+        from mpisgd.config import to_toml
 
         return {"reason": reason, "epoch": step // max(1, _steps_per_epoch(ctx)),
                 "mode": cfg.mode, "consistency": cfg.ps.consistency if cfg.mode == "ps" else None,
@@ -171,7 +171,7 @@ class Saver:
 
     def save_replicated(self, step: int, theta: np.ndarray, state: dict, reason: str):
         """Collective over the world: rank 0 writes the whole vector; errors agreed."""
-        from ..comm import bcast_value
+        from mpisgd.comm import bcast_value
 
         def write():
             staging = checkpoint.staging_dir(self.ctx.run_dir, step, self.ctx.run_token)
@@ -188,7 +188,7 @@ class Saver:
         """Collective over the servers' communicator: each writes its key range, server 0
         commits the manifest. An error here is not agreed with the waiting workers, so it
         is re-raised as this rank's own (the job aborts)."""
-        from ..comm import agree
+        from mpisgd.comm import agree
 
         error, entry = None, None
         staging = checkpoint.staging_dir(self.ctx.run_dir, step, self.ctx.run_token)

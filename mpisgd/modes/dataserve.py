@@ -21,8 +21,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from ..data.partition import block_range
-from ..data.source import ChunkReader
+from mpisgd.data.partition import block_range
+from mpisgd.data.source import ChunkReader
 
 TAG_DATA_REQ = 103   # worker -> server: int64 chunk id (or BYE)
 TAG_DATA = 104       # server -> worker: the chunk's X rows then y, as bytes

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..comm.reduce import make_reducer
+from mpisgd.comm.reduce import make_reducer
 
 
 class Averager:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..comm.reduce import column_slice
-from ..comm.shm import SharedArray
-from ..optim import make_optimizer, slice_state, soft_threshold
+from mpisgd.comm.reduce import column_slice
+from mpisgd.comm.shm import SharedArray
+from mpisgd.optim import make_optimizer, slice_state, soft_threshold
 
 
 class NodeParams:

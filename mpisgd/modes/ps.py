@@ -24,25 +24,26 @@ from collections import Counter
 import numpy as np
 from mpi4py import MPI
 
-from .. import runfolder, signals
-from ..comm import abort_job
-from ..comm.p2p import (F_INTERRUPTED, F_LAST, F_LEAVE, F_SIGNAL, F_STOP, H_BASE, H_COUNT, H_FLAGS,
-                        H_LOSS, H_STEP, H_VERSION, HEADER_SLOTS, TAG_PUSH, TAG_REPLY, Message,
-                        Poller, assemble)
-from ..comm.compress import ErrorFeedback
-from ..comm.shm import SharedArray, no_shm_reason, shm_possible, sync_arrays, warn_no_shm
-from ..errors import ConfigError, Interrupted
-from ..memory import node_memory
-from ..comm.roles import key_range
-from ..log import warn
-from ..optim import (clip_factor, learning_rate, make_optimizer, slice_state, soft_threshold,
-                     sq_norm)
-from ..progress import Progress
-from .allreduce import make_plan, write_trace
-from .batches import make_batches
-from .dataserve import DataServer
-from ..watchdog import StepWatchdog
-from .common import Hooks, Saver, check_finite, finish_gradient, gradient_codec
+from mpisgd.store import runfolder
+from mpisgd.runtime import signals
+from mpisgd.comm import abort_job
+from mpisgd.comm.p2p import (F_INTERRUPTED, F_LAST, F_LEAVE, F_SIGNAL, F_STOP, H_BASE, H_COUNT,
+    H_FLAGS, H_LOSS, H_STEP, H_VERSION, HEADER_SLOTS, TAG_PUSH, TAG_REPLY, Message, Poller,
+    assemble)
+from mpisgd.comm.compress import ErrorFeedback
+from mpisgd.comm.shm import SharedArray, no_shm_reason, shm_possible, sync_arrays, warn_no_shm
+from mpisgd.errors import ConfigError, Interrupted
+from mpisgd.report.memory import node_memory
+from mpisgd.comm.roles import key_range
+from mpisgd.runtime.log import warn
+from mpisgd.optim import (clip_factor, learning_rate, make_optimizer, slice_state,
+    soft_threshold, sq_norm)
+from mpisgd.runtime.progress import Progress
+from mpisgd.modes.allreduce import make_plan, write_trace
+from mpisgd.modes.batches import make_batches
+from mpisgd.modes.dataserve import DataServer
+from mpisgd.comm.watchdog import StepWatchdog
+from mpisgd.modes.common import Hooks, Saver, check_finite, finish_gradient, gradient_codec
 
 
 def fit(ctx, theta: np.ndarray, start_step: int = 0, opt_state: dict | None = None) -> dict:

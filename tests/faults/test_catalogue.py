@@ -13,7 +13,7 @@ import time
 import h5py
 import pytest
 
-from mpisgd import checkpoint
+from mpisgd.store import checkpoint
 from launch.procs import job_pids, wait_gone
 from report import FAULT_TIMINGS
 

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from mpisgd.data import write_shard
 from mpisgd.data.partition import fold_of
-from mpisgd.metrics import AUC_BINS, auc_error_bound, score_histograms
+from mpisgd.report.metrics import AUC_BINS, auc_error_bound, score_histograms
 
 from .datasets import bundled_job, bundled_split
 

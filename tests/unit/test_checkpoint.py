@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from mpisgd import checkpoint
+from mpisgd.store import checkpoint
 from mpisgd.errors import CheckpointError
 
 META = {"model": "linear", "n_features": 9, "n_classes": 0, "n_params": 10,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mpisgd.data.partition import (block_range, epoch_permutation, holdout_mask,
-                                   local_schedule, steps_per_epoch)
+    local_schedule, steps_per_epoch)
 
 
 @pytest.mark.parametrize("n, size", [(10, 1), (10, 3), (1003, 4), (7, 7), (1000, 8)])

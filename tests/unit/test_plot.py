@@ -13,7 +13,7 @@ import importlib.util
 
 import pytest
 
-from mpisgd import plot
+from mpisgd.commands import plot
 
 # The figures need the optional extra; the table, the reading and the missing-extra
 # message do not.

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from mpisgd import supervise, watchdog
+from mpisgd.runtime import supervise
+from mpisgd.comm import watchdog
 
 
 @pytest.fixture

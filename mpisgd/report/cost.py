@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from .paths import cache_dir
+from mpisgd.runtime.paths import cache_dir
 
 CATEGORIES = ("setup", "data", "compute", "comm", "wait", "eval", "log", "checkpoint")
 
@@ -30,7 +30,7 @@ def memory_bandwidth() -> float:
         return float(json.loads(path.read_text())["read_Bps"])
     except (OSError, ValueError, KeyError):
         pass
-    from .kernels.options import pjit
+    from mpisgd.kernels.options import pjit
 
     @pjit
     def _sum(a):

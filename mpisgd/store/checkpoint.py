@@ -28,8 +28,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .errors import CheckpointError
+from mpisgd import __version__
+from mpisgd.errors import CheckpointError
 
 FORMAT = "mpisgd-checkpoint"
 FORMAT_VERSION = 1

@@ -25,15 +25,15 @@ import h5py
 import numpy as np
 from mpi4py import MPI
 
-from . import __version__, kernels
-from .comm import Topology, agree, agreed_call, bcast_value
-from .data import DatasetInfo, check_values, iter_blocks, open_dataset
-from .data.format import default_block_rows
-from .data.partition import block_range
-from .errors import ConfigError, DataError, MpisgdError, OutputError
-from .log import say
-from .metrics import (classification_sums, classification_width, finish_classification,
-                      finish_regression, regression_sums)
+from mpisgd import __version__, kernels
+from mpisgd.comm import Topology, agree, agreed_call, bcast_value
+from mpisgd.data import DatasetInfo, check_values, iter_blocks, open_dataset
+from mpisgd.data.format import default_block_rows
+from mpisgd.data.partition import block_range
+from mpisgd.errors import ConfigError, DataError, MpisgdError, OutputError
+from mpisgd.runtime.log import say
+from mpisgd.report.metrics import (classification_sums, classification_width,
+    finish_classification, finish_regression, regression_sums)
 
 MODEL_FORMAT = "mpisgd-model"
 PRED_FORMAT = "mpisgd-predictions"
@@ -261,8 +261,8 @@ def _eval(topo: Topology, args) -> None:
 
 def _with_topology(body) -> int:
     """Collective: run ``body(topo)`` with this rank's numba threads; free after."""
-    from .comm import make_topology
-    from .train import rank_threads
+    from mpisgd.comm import make_topology
+    from mpisgd.train import rank_threads
 
     topo = make_topology()
     with rank_threads(topo):

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DataError, MpisgdError, OutputError
+from mpisgd.errors import DataError, MpisgdError, OutputError
 
 FIGSIZE = (8.0, 5.0)   # inches ...
 DPI = 100              # ... at 100 dpi: every figure is 800 x 500 pixels

@@ -7,7 +7,7 @@ also holds the data, numba's code and MPI's own buffers.
 
 from __future__ import annotations
 
-from .log import say
+from mpisgd.runtime.log import say
 
 KINDS = ("params", "optimizer_state", "buffers")
 

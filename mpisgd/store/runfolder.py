@@ -15,9 +15,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
-from .config import JobConfig, to_toml
-from .errors import OutputError
+from mpisgd import __version__
+from mpisgd.config import JobConfig, to_toml
+from mpisgd.errors import OutputError
 
 
 def create(cfg: JobConfig, out: str | None = None, kind: str = "") -> Path:

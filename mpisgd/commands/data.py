@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 
-from ..errors import MpisgdError
-from .convert import FORMATS, convert
-from .format import DTYPES, TASKS, DatasetInfo, default_block_rows, iter_blocks, open_dataset
-from .synth import KINDS, synth_to_folder
+from mpisgd.errors import MpisgdError
+from mpisgd.data.convert import FORMATS, convert
+from mpisgd.data.format import (DTYPES, TASKS, DatasetInfo, default_block_rows, iter_blocks,
+    open_dataset)
+from mpisgd.data.synth import KINDS, synth_to_folder
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from . import runfolder
-from .comm import Topology, agreed_call, bcast_value
-from .config import JobConfig, load_config, validate
-from .data import DatasetInfo
-from .data.partition import fold_of
-from .errors import ConfigError, DataError
-from .log import say
-from .predict import ArgParser, format_metrics, write_json
+from mpisgd.store import runfolder
+from mpisgd.comm import Topology, agreed_call, bcast_value
+from mpisgd.config import JobConfig, load_config, validate
+from mpisgd.data import DatasetInfo
+from mpisgd.data.partition import fold_of
+from mpisgd.errors import ConfigError, DataError
+from mpisgd.runtime.log import say
+from mpisgd.commands.predict import ArgParser, format_metrics, write_json
 
 USAGE = ("python -m mpisgd cv [JOB.toml] --folds K [--set key=value ...] [--out DIR] "
          "[--debug]")
@@ -84,9 +84,9 @@ def _parser() -> ArgParser:
 
 def main(argv: list[str]) -> int:
     """``mpisgd cv``: every rank runs it (collective over the world)."""
-    from . import signals
-    from .comm import make_topology
-    from .train import rank_threads
+    from mpisgd.runtime import signals
+    from mpisgd.comm import make_topology
+    from mpisgd.train import rank_threads
 
     args = _parser().parse_args(argv)
     try:
@@ -115,7 +115,7 @@ def _make_root(cfg: JobConfig, out: str | None) -> Path:
 def run_cv(cfg: JobConfig, topo: Topology, out: str | None = None) -> dict:
     """Collective over the world: train and test each of ``cfg.data.folds`` folds in
     turn; returns the record written to cv.json (the same on every rank)."""
-    from .train import run
+    from mpisgd.train import run
 
     folds = cfg.data.folds
     root = bcast_value(topo.world, lambda: _make_root(cfg, out))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .comm.world import abort_job
+from mpisgd.comm.world import abort_job
 
 
 class StepWatchdog:
