@@ -1,7 +1,9 @@
 # Two commands on a fresh machine: `make run` and `make test`.
 #   make run [NP=8] [JOB=jobs/logreg.toml] [ARGS="--set train.epochs=3"]
 #   make test                 the whole suite (unit, MPI collectives, launch tests)
-#   make test-quick           the inner loop: unit tests and one launch per mode (~3 min)
+#   make test-quick           the inner loop: unit tests and one launch per mode (~2 min)
+#   make lint                 ruff (style, import order, unused code); the import layers
+#                             are a unit test (tests/unit/test_layers.py)
 #   make soak                 the default job 20x at 8 ranks in each mode (~15 min)
 #   make test-slurm           the Slurm tests alone (a real single-node Slurm; needs root)
 #   make slurm-up / slurm-down  start / stop that test cluster by hand
@@ -24,7 +26,7 @@ else
   MPIEXEC = $(VENV)/bin/mpiexec
 endif
 
-.PHONY: run test test-quick soak test-slurm slurm-up slurm-down install bench clean
+.PHONY: run test test-quick lint soak test-slurm slurm-up slurm-down install bench clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -47,6 +49,9 @@ test: install
 test-quick: install
 	$(PY) -m pytest -q -m quick
 
+lint: install
+	$(PY) -m ruff check mpisgd tests benchmarks slurm
+
 test-slurm: install
 	$(PY) -m pytest -q tests/slurm
 
@@ -66,5 +71,5 @@ bench: install
 clean:
 	rm -rf runs .pytest_cache benchmarks/results/*.json benchmarks/results/*.md
 
-docs/jobs.md: mpisgd/config.py
+docs/jobs.md: mpisgd/config/__init__.py mpisgd/config/schema.py
 	$(PY) -c "import mpisgd.config as c; print(c.reference_markdown(), end='')" > $@

@@ -35,10 +35,6 @@ from mpisgd.comm import make_topology  # noqa: E402
 from mpisgd.comm.reduce import BufferAllreduce  # noqa: E402
 
 
-
-
-
-
 def isolated(sizes, repeats, comm, dup):
     rows = []
     for n in sizes:
@@ -60,7 +56,8 @@ def isolated(sizes, repeats, comm, dup):
 
 def in_training(comm, topo, epochs: int):
     from mpisgd.config import load_config
-    from mpisgd.train import rank_threads, run
+    from mpisgd.runtime.resources import rank_threads
+    from mpisgd.train import run
 
     out = ROOT / "benchmarks" / "results" / "runs" / f"overhead-{comm.Get_size()}"
     cfg = load_config(None, [f"train.epochs={epochs}", "output.progress='none'",
@@ -69,7 +66,7 @@ def in_training(comm, topo, epochs: int):
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()), rank_threads(topo):
+    with contextlib.redirect_stdout(io.StringIO()), rank_threads(topo.local_size):
         summary = run(cfg, topo)
     steps = summary["steps"]
     # Only rank 0's summary carries the cost report: every rank must take the same
@@ -101,15 +98,17 @@ def main() -> None:
         print("|---:|---:|---:|---:|")
         for r in result["isolated"]:
             b, o = r["bare_s"], r["mpisgd_s"]
-            print(f"| {r['elements']:,} | {b['median']*1e6:.1f} [{b['min']*1e6:.1f}, {b['max']*1e6:.1f}]"
-                  f" | {o['median']*1e6:.1f} [{o['min']*1e6:.1f}, {o['max']*1e6:.1f}] | {r['ratio']:.3f} |")
+            print(f"| {r['elements']:,} | {b['median']*1e6:.1f} "
+                  f"[{b['min']*1e6:.1f}, {b['max']*1e6:.1f}] | {o['median']*1e6:.1f} "
+                  f"[{o['min']*1e6:.1f}, {o['max']*1e6:.1f}] | {r['ratio']:.3f} |")
         t = result["training"]
         print(f"\nIn training (default job, {t['steps']} steps, buffer {t['buffer_elements']} "
               f"elements): {t['in_training_s_per_step']*1e6:.1f} us per step in the collective "
               f"vs bare {t['bare_s']['median']*1e6:.1f} us: ratio {t['ratio']:.2f}; waiting "
               f"for the slowest rank (a barrier before each reduction, measured apart): "
               f"{t['waiting_s_per_step']*1e6:.1f} us per step")
-        write_json(f"allreduce_overhead_{comm.Get_size()}", args.quick, result)   # _quick: never replaces a full run
+        # _quick: never replaces a full run
+        write_json(f"allreduce_overhead_{comm.Get_size()}", args.quick, result)
     topo.free()
 
 

@@ -60,7 +60,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as d:
         for n in (10**6, 10**7):
             rows.append(measure(n, repeats, Path(d)))
-    print("| parameters | write s (median [min, max]) | load+verify s | share of a run checkpointing every 60 s |")
+    print("| parameters | write s (median [min, max]) | load+verify s "
+          "| share of a run checkpointing every 60 s |")
     print("|---:|---:|---:|---:|")
     for r in rows:
         w, lv = r["write_s"], r["load_verify_s"]

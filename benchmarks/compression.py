@@ -155,7 +155,8 @@ def main() -> int:
     print("| scheme | seconds to target | final train loss | test accuracy | median epoch (s) |")
     print("|---|---:|---:|---:|---:|")
     for r in part2:
-        reached = "not reached" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.2f}"
+        seconds = r["seconds_to_target"]
+        reached = "not reached" if seconds is None else f"{seconds:.2f}"
         acc = "" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
         print(f"| {r['scheme']} | {reached} | {r['final_train_loss']:.4f} | {acc} "
               f"| {r['epoch_time_s']:.2f} |")

@@ -24,9 +24,9 @@ import numpy as np
 from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from benchmarks.common import training_args  # noqa: E402
-from mpisgd.data import open_dataset, read_rows  # noqa: E402
-from mpisgd.data.partition import block_range  # noqa: E402
+from benchmarks.common import training_args
+from mpisgd.data import open_dataset, read_rows
+from mpisgd.data.partition import block_range
 
 
 def local_schedule(perm: np.ndarray, lo: int, hi: int, batch: int, steps: int):

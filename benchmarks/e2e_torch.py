@@ -26,8 +26,8 @@ import torch.distributed as dist
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from benchmarks.common import training_args  # noqa: E402
-from mpisgd.data import open_dataset, read_rows  # noqa: E402
+from benchmarks.common import training_args
+from mpisgd.data import open_dataset, read_rows
 
 
 def load(args):

@@ -43,10 +43,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from benchmarks.common import (MPIEXEC, ROOT, cell, job_env, run_mpisgd, stats,  # noqa: E402
-                               write_json)
-from mpisgd.data import open_dataset, read_rows, shard_file_name, synth_to_folder  # noqa: E402
-from mpisgd.runtime.paths import cache_dir  # noqa: E402
+from benchmarks.common import MPIEXEC, ROOT, cell, job_env, run_mpisgd, stats, write_json
+from mpisgd.data import open_dataset, read_rows, shard_file_name, synth_to_folder
+from mpisgd.runtime.paths import cache_dir
 
 HERE = Path(__file__).resolve().parent
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

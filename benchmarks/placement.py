@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import MPIEXEC, ROOT, cell, job_env, stats, write_json  # noqa: E402
+from benchmarks.common import MPIEXEC, ROOT, cell, job_env, stats, write_json
 
 
 def run(n: int, sets: list[str], out: Path, env: dict) -> dict:
@@ -73,8 +73,9 @@ def balance(tmp: Path, quick: bool, env: dict) -> dict:
 def prefetch(tmp: Path, quick: bool, env: dict) -> dict:
     rows = 200_000 if quick else 1_000_000
     data = tmp / "cold"
-    subprocess.run([sys.executable, "-m", "mpisgd", "data", "synth", str(data), "--kind", "linear", "--rows",
-                    str(rows), "--features", "100", "--shards", "8", "--dtype", "float32"],
+    subprocess.run([sys.executable, "-m", "mpisgd", "data", "synth", str(data),
+                    "--kind", "linear", "--rows", str(rows), "--features", "100",
+                    "--shards", "8", "--dtype", "float32"],
                    check=True, cwd=ROOT, env=env, capture_output=True)
     base = [f"data.train='{data}'", "data.placement='storage'", "data.chunk_rows=4096",
             "train.batch_size=8192", "train.epochs=1", "output.progress='none'",

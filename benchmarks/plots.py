@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from benchmarks.common import errorbars, pyplot, read_json, result_path  # noqa: E402
+from benchmarks.common import errorbars, pyplot, read_json, result_path
 
 SHM_METHODS = {"allreduce": "MPI Allreduce", "flat": "mpisgd flat",
                "hierarchical": "hierarchical, 1 node", "two_level": "two-level, 2 nodes"}

@@ -38,7 +38,8 @@ def run_job(n: int, args: list[str], out: Path) -> dict:
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=900, stdout=subprocess.DEVNULL,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
     summary = json.loads((out / "summary.json").read_text())
-    summary["epochs_log"] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    summary["epochs_log"] = [json.loads(x) for x in lines]
     return summary
 
 
@@ -97,7 +98,8 @@ def straggler(tmp: Path) -> dict:
 
 def large_model(tmp: Path, repeats: int) -> dict:
     """Softmax with 10 classes and 100,000 features: 1,000,010 float32 parameters."""
-    job = ["jobs/softmax.toml", "--set", "data.synth.rows=240", "--set", "data.synth.features=100000",
+    job = ["jobs/softmax.toml", "--set", "data.synth.rows=240",
+           "--set", "data.synth.features=100000",
            "--set", "data.synth.classes=10", "--set", "data.synth.shards=1",
            "--set", "data.test_fraction=0.0", "--set", "train.batch_size=24",
            "--set", "train.epochs=4", "--set", "mode='ps'", "--set", "optimizer.momentum=0.0",
@@ -154,7 +156,8 @@ def main() -> None:
         print(f"| {k} | {v['median']:,.0f} [{v['min']:,.0f}, {v['max']:,.0f}] |")
     st = result["straggler_5x"]
     print(f"\n## One worker slowed 5x (normal step {st['normal_step_ms']:.3f} ms, slow worker "
-          f"+{st['slow_ms']:.3f} ms): training seconds to reach train loss {st['target_loss']:.4f}\n")
+          f"+{st['slow_ms']:.3f} ms): training seconds to reach train loss "
+          f"{st['target_loss']:.4f}\n")
     print("| consistency | seconds to target | final loss | dropped |\n|---|---:|---:|---:|")
     for k, v in st["variants"].items():
         t = "not reached" if v["seconds_to_target"] is None else f"{v['seconds_to_target']:.2f}"
@@ -162,7 +165,8 @@ def main() -> None:
     lm = result["large_model"]
     print(f"\n## 10^6 float32 parameters, {lm['workers']} workers "
           f"(p2p bandwidth {lm['p2p_bandwidth_Bps']/1e9:.2f} GB/s)\n")
-    print("| servers | s/step measured | server busy s/step | bound 2pn/(kB) |\n|---:|---:|---:|---:|")
+    print("| servers | s/step measured | server busy s/step | bound 2pn/(kB) |\n"
+          "|---:|---:|---:|---:|")
     for k in ("1", "2"):
         m = lm["seconds_per_step"][k]
         b = lm["server_busy_seconds_per_step"][k]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from benchmarks.common import pyplot, read_json, result_path, write_json  # noqa: E402
+from benchmarks.common import pyplot, read_json, result_path, write_json
 
 
 @dataclass(frozen=True)

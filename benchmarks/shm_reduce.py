@@ -39,8 +39,7 @@ from mpi4py import MPI  # noqa: E402
 
 from benchmarks.common import per_call, stats, write_json  # noqa: E402
 from mpisgd.comm import make_topology  # noqa: E402
-from mpisgd.comm.reduce import (  # noqa: E402
-    HIERARCHICAL_MIN_BYTES, HierarchicalAllreduce, make_reducer)
+from mpisgd.comm.reduce import HIERARCHICAL_MIN_BYTES, HierarchicalAllreduce, make_reducer  # noqa: E402
 
 COPY_BYTES = 64 << 20
 

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-from benchmarks.common import MPIEXEC, ROOT, cell, job_env, stats, write_json  # noqa: E402
-from mpisgd.data import synth_to_folder  # noqa: E402
-from mpisgd.runtime.paths import cache_dir  # noqa: E402
+from benchmarks.common import MPIEXEC, ROOT, cell, job_env, stats, write_json
+from mpisgd.data import synth_to_folder
+from mpisgd.runtime.paths import cache_dir
 
 JOB = ["--set", "train.max_steps=20",
        "--set", "train.oracle=false", "--set", "output.progress='none'",

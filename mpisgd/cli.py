@@ -15,69 +15,57 @@ would wait for it in a collective until the allocation runs out.
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import os
 import sys
 import traceback
 
-from mpisgd.errors import ConfigError, Interrupted, MpisgdError
+from mpisgd.errors import Interrupted, MpisgdError
+from mpisgd.runtime.launch_env import tune_for_oversubscription
+from mpisgd.runtime.paths import set_numba_cache_dir
+from mpisgd.runtime.supervise import supervise
 
-USAGE = ("python -m mpisgd [train] [JOB.toml] [--set key=value ...] [--out DIR] "
-         "[--resume auto|PATH] [--debug]")
+# Commands, imported only when they run: the entry must set the supervisor, numba's
+# cache folder and the MPI environment before MPI or numba start, and data, plot and
+# compare must not start MPI at all. (module, function) per name.
+COLLECTIVE = {
+    "train": ("mpisgd.commands.train", "train_main"),
+    "solve": ("mpisgd.commands.train", "solve_main"),
+    "cv": ("mpisgd.commands.cv", "main"),
+    "eval": ("mpisgd.commands.predict", "eval_main"),
+    "predict": ("mpisgd.commands.predict", "predict_main"),
+}
+LOCAL = {   # one process, no mpiexec needed
+    "data": ("mpisgd.commands.data", "main"),
+    "info": ("mpisgd.commands.info", "main"),
+    "plot": ("mpisgd.commands.plot", "main"),
+    "compare": ("mpisgd.commands.plot", "main"),
+}
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    from mpisgd.commands.predict import ArgParser   # raises agreed errors, prints help on rank 0 only
-
-    p = ArgParser(prog="mpisgd", usage=USAGE,
-                  description="Distributed gradient descent over MPI. With no job file, runs "
-                              "the built-in linear-regression example.")
-    p.add_argument("job", nargs="?", help="job file (TOML); default: the built-in example")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a job key, e.g. optimizer.lr=0.05")
-    p.add_argument("--out", help="run folder (default: a new folder under runs/)")
-    p.add_argument("--resume", metavar="auto|PATH",
-                   help="continue from the newest valid checkpoint of the run folder "
-                        "('auto', needs --out) or from a checkpoint folder")
-    p.add_argument("--timeline", metavar="FILE.json",
-                   help="write per-rank spans in the Chrome trace event format (Perfetto)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
-    return p
+def _command(module: str, name: str):
+    return getattr(importlib.import_module(module), name)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "data":
-        from mpisgd.commands.data import main as data_main
-
-        return data_main(argv[1:])
-    if argv and argv[0] == "info":
-        return _info()
-    if argv and argv[0] in ("plot", "compare"):  # one process, no MPI: see mpisgd.plot
-        from mpisgd.commands.plot import main as plot_main; return plot_main(argv)  # noqa: E702
-    return _collective(*collective_command(argv))
+    if argv and argv[0] in LOCAL:
+        set_numba_cache_dir()
+        # plot and compare read their own name (one parser, two commands)
+        args = argv if argv[0] in ("plot", "compare") else argv[1:]
+        return _command(*LOCAL[argv[0]])(args)
+    supervise()   # before MPI starts: a rank killed by a signal is then named (see there)
+    set_numba_cache_dir()
+    tune_for_oversubscription()
+    return run_collective(*collective_command(argv))
 
 
 def collective_command(argv: list[str]):
     """(command, its arguments) of a command that runs on every rank: train (the
     default), solve, eval, predict or cv."""
-    if argv and argv[0] in _COMMANDS:
-        return _COMMANDS[argv[0]], argv[1:]
-    if argv and argv[0] == "train":
-        argv = argv[1:]
-    return _train, argv
-
-
-def _collective(command, argv: list[str]) -> int:
-    """Prepare this process for MPI, then :func:`run_collective`."""
-    from mpisgd.runtime.launch_env import tune_for_oversubscription
-    from mpisgd.runtime.paths import set_numba_cache_dir
-    from mpisgd.runtime.supervise import supervise
-
-    supervise()   # before MPI starts: a rank killed by a signal is then named (see there)
-    set_numba_cache_dir()
-    tune_for_oversubscription()
-    return run_collective(command, argv)
+    if argv and argv[0] in COLLECTIVE:
+        return _command(*COLLECTIVE[argv[0]]), argv[1:]
+    return _command(*COLLECTIVE["train"]), argv
 
 
 def run_collective(command, argv: list[str]) -> int:
@@ -136,113 +124,3 @@ def _where(exc: BaseException) -> str:
     if path.startswith(root + os.sep):
         path = os.path.relpath(path, root)
     return f"raised at {path}:{tb.tb_lineno} in {code.co_name}"
-
-
-def _load(args):
-    from mpisgd.config import load_config
-
-    try:
-        return load_config(args.job, args.overrides, out=args.out)
-    except ConfigError as exc:
-        exc.agreed = True  # every rank read the same file and flags: same verdict
-        raise
-
-
-def _train(argv: list[str]) -> int:
-    args = _train_parser().parse_args(argv)
-    return _run_training(_load(args), args.resume, args.timeline)
-
-
-def _solve(argv: list[str]) -> int:
-    """``mpisgd solve JOB.toml``: the exact least-squares (ridge) optimum, distributedly."""
-    args = _train_parser().parse_args(argv)
-    cfg = _load(args)
-    from mpisgd.comm import bcast_value, make_topology
-    from mpisgd.evaluation import evaluate, objective
-    from mpisgd.runtime.log import say
-    from mpisgd.oracle import solve
-    from mpisgd.store.runfolder import write_oracle
-    from mpisgd.train import prepare
-
-    topo = make_topology(cfg.topology.ranks_per_node)
-    ctx = prepare(cfg, topo)
-    theta = solve(ctx)
-    result = {"train_objective": objective(ctx, theta), "n_train": ctx.n_train,
-              "train_data": ctx.info.path}
-    if ctx.n_test:
-        result["test"] = evaluate(ctx, theta)
-    path = bcast_value(topo.world, lambda: write_oracle(ctx.run_dir, theta, result))
-    test = result.get("test", {})
-    say(f"mpisgd: exact optimum: train objective {result['train_objective']:.6g}"
-        + (f", test mse {test['mse']:.6g}, r2 {test['r2']:.6g}" if test else "")
-        + f"; written to {path}")
-    topo.free()
-    return 0
-
-
-def _eval(argv: list[str]) -> int:
-    from mpisgd.commands.predict import eval_main
-
-    return eval_main(argv)
-
-
-def _predict(argv: list[str]) -> int:
-    from mpisgd.commands.predict import predict_main
-
-    return predict_main(argv)
-
-
-def _cv(argv: list[str]) -> int:
-    from mpisgd.commands.cv import main as cv_main
-
-    return cv_main(argv)
-
-
-_COMMANDS = {"solve": _solve, "eval": _eval, "predict": _predict, "cv": _cv}
-
-
-def _run_training(cfg, resume: str | None, timeline: str | None = None) -> int:
-    from mpisgd.runtime import signals
-    from mpisgd.comm import make_topology
-    from mpisgd.train import rank_threads, run
-
-    signals.install()
-    topo = make_topology(cfg.topology.ranks_per_node)
-    with rank_threads(topo):
-        run(cfg, topo, resume, timeline)
-    topo.free()
-    return 0
-
-
-def _info() -> int:
-    """Versions of everything that decides how mpisgd runs here."""
-    from mpisgd.runtime.paths import set_numba_cache_dir
-
-    set_numba_cache_dir()
-    import h5py
-    import mpi4py
-    import numba
-    import numpy
-    from mpi4py import MPI
-
-    from mpisgd import __version__
-
-    lib = MPI.Get_library_version().strip().splitlines()[0]
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet: report what numba would pick
-        layer = f"not yet chosen (config: {numba.config.THREADING_LAYER})"
-    rows = [("mpisgd", __version__), ("python", sys.version.split()[0]),
-            ("mpi4py", mpi4py.__version__), ("MPI library", lib),
-            ("MPI standard", "%d.%d" % MPI.Get_version()),
-            ("world size", str(MPI.COMM_WORLD.Get_size())),
-            ("numpy", numpy.__version__), ("numba", numba.__version__),
-            ("numba threading layer", layer),
-            ("numba threads", str(numba.get_num_threads())),
-            ("numba cache", os.environ.get("NUMBA_CACHE_DIR", "")),
-            ("h5py", h5py.__version__), ("HDF5", h5py.version.hdf5_version)]
-    if MPI.COMM_WORLD.Get_rank() == 0:
-        width = max(len(k) for k, _ in rows)
-        for k, v in rows:
-            print(f"{k:<{width}}  {v}")
-    return 0

@@ -12,14 +12,20 @@ import numpy as np
 from mpi4py import MPI
 
 from mpisgd import kernels
-from mpisgd.data.format import iter_selected
-from mpisgd.report.metrics import (classification_sums, classification_width,
-    finish_classification, finish_regression, regression_sums)
+from mpisgd.context import Context
+from mpisgd.data.read import iter_selected
+from mpisgd.report.metrics import (
+    classification_sums,
+    classification_width,
+    finish_classification,
+    finish_regression,
+    regression_sums,
+)
 
 _EVAL_BLOCK = 65536  # rows per prediction block: bounded memory for any test size
 
 
-def evaluate(ctx, theta: np.ndarray) -> dict:
+def evaluate(ctx: Context, theta: np.ndarray) -> dict:
     """Collective over the world: test-set metrics from reduced sums."""
     t0 = time.perf_counter()
     rows = ctx.test_rows
@@ -42,7 +48,7 @@ def evaluate(ctx, theta: np.ndarray) -> dict:
     return finish_classification(sums, ctx.n_classes)
 
 
-def objective(ctx, theta: np.ndarray) -> float:
+def objective(ctx: Context, theta: np.ndarray) -> float:
     """Collective: the full training objective (mean loss + L2 + L1 terms) at ``theta``."""
     grad = np.empty_like(theta)
     if ctx.X is not None:
@@ -58,7 +64,7 @@ def objective(ctx, theta: np.ndarray) -> float:
     return float(total[0] / ctx.n_train + 0.5 * m.l2 * float(w @ w) + m.l1 * np.abs(w).sum())
 
 
-def truth_distance(ctx, theta: np.ndarray) -> dict:
+def truth_distance(ctx: Context, theta: np.ndarray) -> dict:
     """Relative distance of learned weights from the generator's (synthetic data only)."""
     if ctx.info.true_w is None or ctx.model != "linear":
         return {}

@@ -13,20 +13,21 @@ import numpy as np
 from mpi4py import MPI
 
 from mpisgd.comm import bcast_value
+from mpisgd.context import Context
 from mpisgd.errors import ConfigError
 
 MAX_FEATURES = 4096
 _BLOCK = 65536
 
 
-def available(ctx) -> bool:
+def available(ctx: Context) -> bool:
     m = ctx.cfg.model
     # Storage placement keeps no training rows in memory to build the normal equations.
     return (ctx.model == "linear" and ctx.n_features <= MAX_FEATURES and not m.l1
             and ctx.X is not None)
 
 
-def solve(ctx) -> np.ndarray:
+def solve(ctx: Context) -> np.ndarray:
     """Collective over the world: the ridge/least-squares optimum as a flat theta."""
     if ctx.model != "linear" or ctx.cfg.model.l1:
         raise ConfigError("the oracle solves linear least squares (optionally ridge); "

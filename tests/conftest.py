@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import report
 from pool import Pools
 from report import record_launch
@@ -131,8 +130,10 @@ def warm_kernels(session_cache):
                             cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: os.nice(10))
     yield
+    # A short run (one test file) need not wait for kernels it did not use: numba
+    # writes each cache file under a temporary name, so a kill leaves no partial entry.
     try:
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=1)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
@@ -147,7 +148,7 @@ def launch(session_cache) -> Launcher:
     env.pop("NUMBA_CACHE_DIR", None)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    # The per-rank supervisor (mpisgd/supervise.py) doubles the processes of a launch;
+    # The per-rank supervisor (mpisgd/runtime/supervise.py) doubles the processes of a launch;
     # only the tests about process deaths need it (they launch with start()).
     env.setdefault("MPISGD_SUPERVISE", "0")
     pools = None

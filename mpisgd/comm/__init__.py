@@ -1,7 +1,6 @@
 """Communicators, topology and error agreement; everything that talks MPI lives here."""
 
-from mpisgd.comm.world import (Topology, agree, agreed_call, abort_job, bcast_value,
-    make_topology, rank_tag)
+from mpisgd.comm.world import Topology, abort_job, agree, agreed_call, bcast_value, make_topology
 
 __all__ = ["Topology", "agree", "agreed_call", "abort_job", "bcast_value",
-           "make_topology", "rank_tag"]
+           "make_topology"]

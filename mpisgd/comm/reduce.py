@@ -7,35 +7,41 @@ the hot loop (``make_reducer``), and times itself:
 * ``HierarchicalAllreduce`` ("hierarchical"): ranks of a node sum their buffers in a
   node-shared window (each rank sums one slice of columns: a reduce-scatter in shared
   memory), node leaders ``Allreduce`` across nodes, every rank copies the result back.
+* ``CompressedAllreduce`` ("flat+<codec>"): the gradient through a codec, with error
+  feedback.
+
+All three satisfy :class:`Reducer`, so a caller reads what it needs (the window, the
+residual, the bytes sent) without asking which one it holds.
+
+The thresholds below were tuned with ``benchmarks/shm_reduce.py``; the measurements
+behind each are in docs/performance.md, "Choosing the reducer".
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 from mpi4py import MPI
 
-from mpisgd.errors import ConfigError
+from mpisgd.comm.compress import Codec, ErrorFeedback
 from mpisgd.comm.shm import SharedArray, no_shm_reason, shm_possible, warn_no_shm
+from mpisgd.errors import ConfigError
 
 METHODS = ("flat", "hierarchical", "auto")
 
 # "auto" picks the hierarchical reducer from this buffer size up, when a node holds more
-# than one rank (auto_method has the upper end). Measured with benchmarks/shm_reduce.py on
-# one node (MPICH 5, 2 cores): at 16 KiB it wins at 2 and 4 ranks but loses at 8 (0.92);
-# from 64 KiB it wins at 2, 4 and 8 ranks (1.1x to 1.5x). Below, MPICH's shared-memory
-# Allreduce for small messages costs about one barrier, our two node syncs (three across
-# nodes) twice that. See benchmarks/results/shm_reduce_{2,4,8}.json.
+# than one rank (auto_method has the upper end): below it, MPI's shared-memory Allreduce
+# for small messages costs about one barrier, our two node syncs (three across nodes)
+# twice that, and the hierarchical reducer loses.
 HIERARCHICAL_MIN_BYTES = 64 << 10
 # With a core per rank, MPI's large-message Allreduce moves less data than our copies in
 # and out, so "auto" stays hierarchical only while its one-chunk window (a row per rank
-# and the result row) is at most this. At 2 ranks: 1 MiB (3 MiB window) 1.3-1.4x faster;
-# 4 MiB (12 MiB) 0.92-0.96; 16 MiB from 0.43 to 1.46 with the state of this shared VM.
-# More ranks than cores: hierarchical at every size from HIERARCHICAL_MIN_BYTES (MPI's
-# rounds of messages then wait for descheduled ranks): 1.1x to 2x at 4 and 8 ranks, but
-# 16 MiB at 4 ranks ranged from 0.89 to 1.57 over four runs.
+# and the result row) is at most this. With more ranks than cores, hierarchical at every
+# size from HIERARCHICAL_MIN_BYTES: MPI's rounds of messages then wait for descheduled
+# ranks.
 AUTO_WINDOW_BYTES = 8 << 20
 
 # Column slices start on cache-line boundaries so two ranks never write one line.
@@ -43,20 +49,46 @@ _ALIGN_BYTES = 64
 
 # The hierarchical reducer's node window. A buffer whose window (a row per rank and a
 # result row) fits in SINGLE_WINDOW_BYTES is reduced in one chunk: the fewest syncs, and
-# the window still fits the last-level cache (32 MiB L3 here). A larger one is cut into
-# chunks whose double-buffered slots fit in CHUNK_WINDOW_BYTES, so that a chunk copied in
-# is still in the cache when it is summed and copied out: at 16 MiB and 2 ranks this
-# halved the time. Measured with benchmarks/shm_reduce.py and budgets of 1 to 32 MiB.
+# the window still fits a typical last-level cache. A larger one is cut into chunks whose
+# double-buffered slots fit in CHUNK_WINDOW_BYTES, so that a chunk copied in is still in
+# the cache when it is summed and copied out.
 SINGLE_WINDOW_BYTES = 16 << 20
 CHUNK_WINDOW_BYTES = 8 << 20
 # ... unless the node has more ranks than cores: then every sync waits for descheduled
-# ranks (up to a scheduler time slice), and at 8 ranks on 2 cores one chunk beat 8 MiB
-# chunks at every size (2x at 16 MiB). One chunk then, up to this window; it is about
-# the memory of the buffers themselves ((local+1) rows against local private buffers).
+# ranks (up to a scheduler time slice), and fewer syncs beat cache reuse. One chunk then,
+# up to this window; it is about the memory of the buffers themselves ((local+1) rows
+# against local private buffers).
 CROWDED_WINDOW_BYTES = 1 << 30
 
 
-class _Freed:
+@runtime_checkable
+class Reducer(Protocol):
+    """What every reducer offers (``make_reducer``'s and :class:`CompressedAllreduce`).
+
+    Collective over the ranks it sums across: ``self(step)`` sums its buffer in place.
+    The defaults are the dense reducers' and are inherited by subclassing.
+    """
+
+    method: str                         # what summary.json reports ("flat", ...)
+    window: SharedArray | None = None   # the node-shared window it reduces in, if any
+    window_bytes: int = 0               # bytes of that window this rank allocated
+    residual: np.ndarray | None = None  # this rank's error-feedback residual, if any
+    sent_bytes: int                     # logical bytes this rank sends per call
+
+    def __call__(self, step: int = 0) -> None:
+        """Sum the buffer across ranks in place (``step``: the codec's, if any)."""
+
+    def free(self) -> None:
+        """Collective: release what the reducer holds (idempotent)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Free on leaving, unless one rank alone is raising."""
+
+
+class _Freed(Reducer):
     """``with reducer:`` frees it on leaving, unless one rank alone is raising.
 
     ``free()`` is collective: on an error seen by this rank alone the other ranks are
@@ -67,7 +99,7 @@ class _Freed:
     def free(self) -> None:
         """Nothing to release."""
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -84,14 +116,13 @@ class BufferAllreduce(_Freed):
     """
 
     method = "flat"
-    window = None       # no node-shared memory
-    window_bytes = 0
 
     def __init__(self, comm: MPI.Intracomm, buf: np.ndarray):
         if not buf.flags.c_contiguous:
             raise ValueError("BufferAllreduce needs a C-contiguous buffer")
         self.comm = comm
         self.buf = buf
+        self.sent_bytes = buf.nbytes
         if comm.Get_size() > 1:
             self._reduce = functools.partial(comm.Allreduce, MPI.IN_PLACE, buf)
         else:
@@ -208,6 +239,7 @@ class HierarchicalAllreduce(_Freed):
             raise ValueError("HierarchicalAllreduce needs a C-contiguous buffer")
         self.topo = topo
         self.buf = buf
+        self.sent_bytes = buf.nbytes
         flat = buf.reshape(-1)
         n, local = flat.size, topo.local_size
         leader = topo.local_rank == 0
@@ -308,7 +340,7 @@ def _sum_rows(out: np.ndarray, inputs: list) -> None:
         np.add(out, row, out=out)
 
 
-def make_reducer(method: str, topo, buf: np.ndarray):
+def make_reducer(method: str, topo, buf: np.ndarray) -> Reducer:
     """Collective over ``topo.world``: the reducer for ``buf`` that ``method`` names.
 
     ``"flat"``: :class:`BufferAllreduce` on the world; ``"hierarchical"``:
@@ -342,13 +374,8 @@ class CompressedAllreduce(_Freed):
     has the model).
     """
 
-    window = None       # no node-shared memory
-    window_bytes = 0
-
-    def __init__(self, comm: MPI.Intracomm, buf: np.ndarray, n: int, codec,
+    def __init__(self, comm: MPI.Intracomm, buf: np.ndarray, n: int, codec: Codec,
                  error_feedback: bool = True):
-        from mpisgd.comm.compress import ErrorFeedback
-
         self.comm, self.codec, self.method = comm, codec, f"flat+{codec.name}"
         self.grad, self.tail = buf[:n], buf[n:]
         self.feedback = ErrorFeedback(codec, error_feedback)
@@ -358,14 +385,13 @@ class CompressedAllreduce(_Freed):
         self.scratch = np.empty(n, dtype=buf.dtype)
         # What this rank contributes per step: its encoding and the exact tail.
         self.sent_bytes = codec.nbytes + self.tail.nbytes
-        self.dense_bytes = buf.nbytes
 
     @property
     def residual(self) -> np.ndarray | None:
         """This rank's error-feedback residual (None without error feedback)."""
         return self.feedback.residual
 
-    def __call__(self, step: int) -> None:
+    def __call__(self, step: int = 0) -> None:
         codec = self.codec
         self.feedback.compress(self.grad, step, self.mine)
         if codec.summable:

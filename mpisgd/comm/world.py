@@ -40,7 +40,6 @@ class Topology:
     local_size: int
     node_index: int
     node_count: int
-    emulated: bool
 
     def free(self) -> None:
         """Collective over the world: release the duplicated communicators."""
@@ -76,12 +75,7 @@ def make_topology(ranks_per_node: int = 0) -> Topology:
     return Topology(world=world, node=node, leaders=across, rank=rank, size=size,
                     local_rank=local_rank,
                     local_size=local_size, node_index=leaders.index(leader),
-                    node_count=len(leaders), emulated=bool(ranks_per_node))
-
-
-def rank_tag() -> str:
-    """``[rank@host]`` for log lines and error messages."""
-    return f"[{MPI.COMM_WORLD.Get_rank()}@{socket.gethostname()}]"
+                    node_count=len(leaders))
 
 
 def _describe(ranks: list[int]) -> str:
@@ -127,7 +121,7 @@ def agreed_call(comm: MPI.Intracomm, fn: Callable[..., Any], *args, **kwargs) ->
     """Collective over ``comm``: run ``fn`` on every rank, then agree on any error."""
     try:
         result = fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - every error is agreed, then re-raised
+    except Exception as exc:
         agree(comm, exc)
         raise
     agree(comm, None)

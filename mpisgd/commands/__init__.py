@@ -1,1 +1,1 @@
-"""commands"""
+"""The commands of ``python -m mpisgd`` (see :mod:`mpisgd.cli` for the table)."""

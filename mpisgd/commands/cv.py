@@ -16,56 +16,25 @@ cannot use the whole machine, which is the case a smaller world fixes.
 
 from __future__ import annotations
 
-import copy
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
-from mpi4py import MPI
 
-from mpisgd.store import runfolder
-from mpisgd.comm import Topology, agreed_call, bcast_value
-from mpisgd.config import JobConfig, load_config, validate
-from mpisgd.data import DatasetInfo
-from mpisgd.data.partition import fold_of
-from mpisgd.errors import ConfigError, DataError
+from mpisgd.comm import Topology, bcast_value
+from mpisgd.commands.common import ArgParser, load_job, on_world
+from mpisgd.config import JobConfig, replace
+from mpisgd.errors import ConfigError
+from mpisgd.report.metrics import format_metrics
 from mpisgd.runtime.log import say
-from mpisgd.commands.predict import ArgParser, format_metrics, write_json
+from mpisgd.store import runfolder
+from mpisgd.store.atomic import write_json
+from mpisgd.train import run
 
 USAGE = ("python -m mpisgd cv [JOB.toml] --folds K [--set key=value ...] [--out DIR] "
          "[--debug]")
 DEFAULT_FOLDS = 5
-
-
-def fold_holdout(comm: MPI.Intracomm, info: DatasetInfo, lo: int, hi: int, y: np.ndarray,
-                 folds: int, fold: int, seed: int) -> np.ndarray:
-    """Collective over ``comm`` (every rank; a rank without rows passes lo == hi): True
-    for the rows of this rank's block [lo, hi) of ``info`` that are in test fold ``fold``.
-
-    Classification folds are stratified (see ``partition.fold_of``): one Exscan of the
-    ranks' per-class row counts tells each rank how many rows of each class precede its
-    block. That needs the blocks to lie in rank order, as ``train.prepare`` places them.
-    """
-    if info.task == "regression":
-        return agreed_call(comm, _folds, info, lo, hi, folds, seed, None, None) == fold
-    c = info.n_classes
-    valid = y[(y >= 0) & (y < c)]  # a count vector of the same length on every rank
-    counts = np.bincount(valid, minlength=c).astype(np.int64)
-    before = np.zeros(c, dtype=np.int64)
-    comm.Exscan(counts, before)
-    if comm.Get_rank() == 0:  # Exscan leaves rank 0's result undefined
-        before[:] = 0
-    return agreed_call(comm, _folds, info, lo, hi, folds, seed, y, before) == fold
-
-
-def _folds(info, lo, hi, folds, seed, y, before) -> np.ndarray:
-    """fold_of with its ValueError turned into a DataError naming the data; local."""
-    try:
-        return fold_of(lo, hi, folds, seed, y, before)
-    except ValueError as exc:
-        raise DataError(f"cannot split rows [{lo}, {hi}) of '{info.path}' into folds: "
-                        f"{exc}") from None
 
 
 def _parser() -> ArgParser:
@@ -84,27 +53,20 @@ def _parser() -> ArgParser:
 
 def main(argv: list[str]) -> int:
     """``mpisgd cv``: every rank runs it (collective over the world)."""
-    from mpisgd.runtime import signals
-    from mpisgd.comm import make_topology
-    from mpisgd.train import rank_threads
-
     args = _parser().parse_args(argv)
+    cfg = load_job(args.job, args.overrides)
+    folds = args.folds if args.folds is not None else (cfg.data.folds or DEFAULT_FOLDS)
     try:
-        cfg = load_config(args.job, args.overrides)
-        folds = args.folds if args.folds is not None else (cfg.data.folds or DEFAULT_FOLDS)
         if folds < 2:
             raise ConfigError(f"--folds must be at least 2; got {folds}.")
-        cfg.data.folds, cfg.data.fold = folds, 0
-        validate(cfg)  # e.g. data.test set: the folds are cut from data.train alone
+        # e.g. data.test set: the folds are cut from data.train alone
+        cfg = replace(cfg, {"data.folds": folds, "data.fold": 0})
     except ConfigError as exc:
         exc.agreed = True  # every rank read the same file and flags: same verdict
         raise
-    signals.install()
-    topo = make_topology(cfg.topology.ranks_per_node)
-    with rank_threads(topo):
-        run_cv(cfg, topo, args.out or cfg.output.dir or None)
-    topo.free()
-    return 0
+    out = args.out or cfg.output.dir or None
+    return on_world(lambda topo: run_cv(cfg, topo, out), cfg.topology.ranks_per_node,
+                    stoppable=True)
 
 
 def _make_root(cfg: JobConfig, out: str | None) -> Path:
@@ -115,15 +77,11 @@ def _make_root(cfg: JobConfig, out: str | None) -> Path:
 def run_cv(cfg: JobConfig, topo: Topology, out: str | None = None) -> dict:
     """Collective over the world: train and test each of ``cfg.data.folds`` folds in
     turn; returns the record written to cv.json (the same on every rank)."""
-    from mpisgd.train import run
-
     folds = cfg.data.folds
     root = bcast_value(topo.world, lambda: _make_root(cfg, out))
     per_fold = []
     for k in range(folds):
-        fold_cfg = copy.deepcopy(cfg)
-        fold_cfg.data.fold = k
-        fold_cfg.output.dir = str(root / f"fold-{k}")
+        fold_cfg = replace(cfg, {"data.fold": k, "output.dir": str(root / f"fold-{k}")})
         say(f"mpisgd cv: fold {k} of {folds}: training on the other {folds - 1} fold(s)")
         s = run(fold_cfg, topo)
         test = s.get("test", {})

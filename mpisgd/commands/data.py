@@ -7,11 +7,13 @@ import sys
 
 import numpy as np
 
-from mpisgd.errors import MpisgdError
-from mpisgd.data.convert import FORMATS, convert
-from mpisgd.data.format import (DTYPES, TASKS, DatasetInfo, default_block_rows, iter_blocks,
-    open_dataset)
+from mpisgd.data.convert import convert
+from mpisgd.data.format import DTYPES, DatasetInfo, open_dataset
+from mpisgd.data.inputs import FORMATS
+from mpisgd.data.read import default_block_rows, iter_blocks
 from mpisgd.data.synth import KINDS, synth_to_folder
+from mpisgd.errors import MpisgdError
+from mpisgd.models import TASKS
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -11,13 +11,7 @@ Allreduce), so no row is gathered. ``predict`` writes one HDF5 file; see
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import secrets
 import time
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,13 +21,22 @@ from mpi4py import MPI
 
 from mpisgd import __version__, kernels
 from mpisgd.comm import Topology, agree, agreed_call, bcast_value
+from mpisgd.commands.common import ArgParser, on_world
 from mpisgd.data import DatasetInfo, check_values, iter_blocks, open_dataset
-from mpisgd.data.format import default_block_rows
 from mpisgd.data.partition import block_range
-from mpisgd.errors import ConfigError, DataError, MpisgdError, OutputError
+from mpisgd.data.read import default_block_rows
+from mpisgd.errors import DataError, OutputError
+from mpisgd.report.metrics import (
+    classification_sums,
+    classification_width,
+    finish_classification,
+    finish_regression,
+    format_metrics,
+    regression_sums,
+)
 from mpisgd.runtime.log import say
-from mpisgd.report.metrics import (classification_sums, classification_width,
-    finish_classification, finish_regression, regression_sums)
+from mpisgd.store.atomic import publish, temporary_name, write_json
+from mpisgd.store.modelfile import Model, load_model
 
 MODEL_FORMAT = "mpisgd-model"
 PRED_FORMAT = "mpisgd-predictions"
@@ -47,87 +50,7 @@ EVAL_USAGE = "python -m mpisgd eval MODEL.h5 --data PATH [--out metrics.json] [-
 PREDICT_USAGE = "python -m mpisgd predict MODEL.h5 --data PATH --out PRED.h5 [--debug]"
 
 
-class ArgParser(argparse.ArgumentParser):
-    """argparse that raises an agreed ConfigError (every rank parses the same argv)
-    instead of printing usage on every rank and exiting."""
-
-    def error(self, message: str):
-        raise ConfigError(f"{message} (usage: {self.usage})", agreed=True)
-
-    def print_help(self, file=None):
-        # Every rank parses the same arguments: one copy of the help is enough.
-        from mpi4py import MPI
-
-        if MPI.COMM_WORLD.Get_rank() == 0:
-            super().print_help(file)
-
-
 # ---------------------------------------------------------------------------------
-# The model file.
-
-@dataclass
-class Model:
-    """A trained model read from model.h5: its kernel spec, parameters and the task and
-    class count of the data it was trained on."""
-
-    path: str
-    spec: kernels.ModelSpec
-    theta: np.ndarray
-    task: str
-    n_classes: int
-
-
-def _text(value):
-    """An HDF5 string attribute as str (h5py may return bytes); other values unchanged."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _not_a_model(path: str, why: str) -> DataError:
-    return DataError(f"'{path}' is not an mpisgd model: {why}; expected the model.h5 that "
-                     f"training writes into its run folder.")
-
-
-def load_model(path: str) -> Model:
-    """Read and validate model.h5 (a run folder holding one is accepted too). Any rank;
-    raises DataError naming the file."""
-    p = Path(path)
-    if p.is_dir() and (p / "model.h5").is_file():
-        p = p / "model.h5"
-    if not p.exists():
-        raise DataError(f"model file '{p}' does not exist; expected the model.h5 of a run "
-                        f"folder.")
-    try:
-        with h5py.File(p, "r", locking=False) as f:
-            attrs = dict(f.attrs)
-            theta = f["theta"][...] if isinstance(f.get("theta"), h5py.Dataset) else None
-    except OSError as exc:
-        raise _not_a_model(str(p), f"not a readable HDF5 file ({exc})") from None
-    fmt = _text(attrs.get("format"))
-    if fmt != MODEL_FORMAT:
-        raise _not_a_model(str(p), f"attribute format = {fmt!r}, not '{MODEL_FORMAT}'")
-    missing = [k for k in ("model", "n_features", "n_classes", "task") if k not in attrs]
-    if missing or theta is None:
-        raise _not_a_model(str(p), "missing " + ", ".join(missing or ["dataset 'theta'"]))
-    name, task = str(_text(attrs["model"])), str(_text(attrs["task"]))
-    n_features, n_classes = int(attrs["n_features"]), int(attrs["n_classes"])
-    try:
-        if name == "mlp":
-            # hidden widths and activation live only in the resolved job saved with it.
-            model_cfg = tomllib.loads(_text(attrs.get("config", "")))["model"]
-            spec = kernels.ModelSpec("mlp", n_features, n_classes,
-                                     tuple(model_cfg["hidden"]), model_cfg["activation"], task)
-        else:
-            spec = kernels.ModelSpec(name, n_features, n_classes)
-    except (MpisgdError, ValueError, KeyError, TypeError) as exc:
-        raise _not_a_model(str(p), f"its attributes do not describe a model ({exc})") from None
-    size = kernels.spec_n_params(spec)
-    if theta.ndim != 1 or theta.size != size or theta.dtype.kind != "f":
-        raise _not_a_model(str(p), f"theta has shape {theta.shape} and dtype {theta.dtype}; "
-                           f"a {name} model of {n_features} features needs {size} floats")
-    return Model(path=str(p.resolve()), spec=spec, theta=theta, task=task,
-                 n_classes=n_classes)
-
-
 def check_data(model: Model, info: DatasetInfo, labels: bool) -> None:
     """The dataset fits the model: same features; with ``labels`` also the same task and
     classes. Identical on every rank; raises DataError."""
@@ -212,27 +135,6 @@ def evaluate_file(topo: Topology, model_path: str, data_path: str) -> dict:
             "model_name": model.spec.name, "world_size": topo.size, "metrics": metrics}
 
 
-_SHOWN = ("mse", "rmse", "mae", "r2", "accuracy", "precision", "recall", "f1", "auc",
-          "log_loss")
-
-
-def format_metrics(metrics: dict) -> str:
-    """The scalar metrics as one line, e.g. ``accuracy 0.97, auc 0.99``."""
-    return ", ".join(f"{k} {metrics[k]:.6g}" for k in _SHOWN if k in metrics)
-
-
-def write_json(path: Path, record: dict) -> None:
-    """Atomically (temporary name, rename) write ``record`` as JSON. Rank 0 only."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
-
-
 def eval_main(argv: list[str]) -> int:
     """``mpisgd eval``: every rank runs it (collective over the world)."""
     p = ArgParser(prog="mpisgd eval", usage=EVAL_USAGE,
@@ -242,7 +144,7 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     args = p.parse_args(argv)
-    return _with_topology(lambda topo: _eval(topo, args))
+    return on_world(lambda topo: _eval(topo, args))
 
 
 def _eval(topo: Topology, args) -> None:
@@ -259,18 +161,6 @@ def _eval(topo: Topology, args) -> None:
         say(f"mpisgd eval: metrics written to {out}")
 
 
-def _with_topology(body) -> int:
-    """Collective: run ``body(topo)`` with this rank's numba threads; free after."""
-    from mpisgd.comm import make_topology
-    from mpisgd.train import rank_threads
-
-    topo = make_topology()
-    with rank_threads(topo):
-        body(topo)
-    topo.free()
-    return 0
-
-
 # ---------------------------------------------------------------------------------
 # predict
 
@@ -279,7 +169,7 @@ def _create_output(out: Path, model: Model, info: DatasetInfo) -> Path:
     if out.is_dir():
         raise OutputError(f"--out '{out}' is a folder; expected a file name such as "
                           f"'{out / 'pred.h5'}'.")
-    tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
+    tmp = temporary_name(out)
     n, task = info.n_rows, model.task
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -395,12 +285,7 @@ def predict_file(topo: Topology, model_path: str, data_path: str, out_path: str)
 def _publish(tmp: Path, out: Path) -> None:
     """Rank 0: fsync the finished file and rename it into place."""
     try:
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, out)
+        publish(tmp, out)
     except OSError as exc:
         raise OutputError(f"cannot write '{out}': {exc.strerror or exc}.") from None
 
@@ -415,7 +300,7 @@ def predict_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="the prediction file to write (HDF5)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     args = p.parse_args(argv)
-    return _with_topology(lambda topo: _predict(topo, args))
+    return on_world(lambda topo: _predict(topo, args))
 
 
 def _predict(topo: Topology, args) -> None:

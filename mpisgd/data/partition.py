@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def block_range(n: int, size: int, rank: int) -> tuple[int, int]:
     """Rows [lo, hi) of ``rank`` when ``n`` rows are split into ``size`` balanced blocks."""
     base, extra = divmod(n, size)

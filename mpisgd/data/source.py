@@ -20,8 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from mpisgd.data.checks import check_values
+from mpisgd.data.format import DatasetInfo
+from mpisgd.data.read import DatasetReader
 from mpisgd.errors import DataError
-from mpisgd.data.format import DatasetInfo, DatasetReader, check_values
 
 
 class FaultInjector:

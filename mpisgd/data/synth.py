@@ -17,9 +17,9 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from mpisgd.data.format import DatasetInfo, float_dtype, open_dataset
+from mpisgd.data.write import FolderBuild, ShardWriter, shard_file_name
 from mpisgd.errors import DataError
-from mpisgd.data.format import (DatasetInfo, FolderBuild, ShardWriter, _float_dtype,
-    open_dataset, shard_file_name)
 
 KINDS = ("linear", "logistic", "multiclass")
 # float64 bytes of X per generated block: bounds memory (the block, its cast copy and
@@ -96,7 +96,7 @@ def _blocks(kind, n_rows, n_features, noise, true_w, true_b, seed, dtype
 
 def _make(kind, n_rows, n_features, n_classes, noise, separation, seed, dtype) -> SynthData:
     _check_params(kind, n_rows, n_features, n_classes, noise, separation, seed)
-    dt = _float_dtype(dtype, "synth")
+    dt = float_dtype(dtype, "synth")
     w, b = _truth(kind, n_features, n_classes, separation, seed)
     parts = list(_blocks(kind, n_rows, n_features, noise, w, b, seed, dt))
     X = np.concatenate([p[0] for p in parts])
@@ -151,7 +151,7 @@ def synth_to_folder(kind: str, folder, *, n_rows: int, n_features: int,
     if n_shards > n_rows:
         raise DataError(f"synth: n_shards={n_shards} is more than n_rows={n_rows}; every "
                         "shard needs at least one row")
-    dt = _float_dtype(dtype, "synth")
+    dt = float_dtype(dtype, "synth")
     task = {"linear": "regression", "logistic": "binary", "multiclass": "multiclass"}[kind]
     w, b = _truth(kind, n_features, n_classes, separation, seed)
     bounds = [k * n_rows // n_shards for k in range(n_shards + 1)]

@@ -1,11 +1,11 @@
 """Loss+gradient and predict kernels of every model, behind one validating API.
 
 Every array is checked here (dtype, shape, contiguity, row and label range), so the private
-numba kernels run unchecked and can never read outside an array. Parameters are one flat
-vector per model: linear and logistic ``[w (d), b]``; softmax ``[W (C, d) row-major, b (C)]``;
-mlp, layer after layer, ``[W_l (out, in) row-major, b_l (out)]`` (see :mod:`.mlp`).
-Kernels return sums over rows, not means, and apply no regularisation: the caller divides
-and adds the L2 term (see :func:`l2_mask`) once, after the cross-rank reduction.
+numba kernels run unchecked and can never read outside an array. The models, their
+parameter layout and :class:`ModelSpec` are declared in :mod:`mpisgd.models`; this module
+adds what needs compiled code (initialisation, loss+gradient, predict). Kernels return
+sums over rows, not means, and apply no regularisation: the caller divides and adds the
+L2 term (see :func:`l2_mask`) once, after the cross-rank reduction.
 
 The convex models are named by a string (``n_params("softmax", d, C)``...). A
 :class:`ModelSpec` describes any model, the mlp included (its widths, activation and task
@@ -14,54 +14,35 @@ do not fit in a name), and the ``spec_*`` functions take one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from mpisgd.errors import ConfigError, DataError
+from mpisgd.errors import DataError
 from mpisgd.kernels import linear, logistic, mlp, softmax
 from mpisgd.kernels.options import njit
+from mpisgd.models import (
+    ACTIVATIONS,
+    MODELS,
+    NAMES,
+    TASK_OF,
+    TASKS,
+    ModelSpec,
+    check_name,
+    check_spec,
+    l2_mask,
+    n_params,
+    spec_l2_mask,
+    spec_n_params,
+    spec_weights,
+    weights,
+)
 
-MODELS = ("linear", "logistic", "softmax")  # the models a name alone describes
-SPEC_MODELS = MODELS + ("mlp",)
-TASKS = mlp.TASKS
-ACTIVATIONS = mlp.ACTS
-TASK_OF = {"linear": "regression", "logistic": "binary", "softmax": "multiclass"}
-MAX_HIDDEN_LAYERS = 3
+SPEC_MODELS = NAMES
 
 _LOSS_GRAD = {"linear": linear._loss_grad, "logistic": logistic._loss_grad,
               "softmax": softmax._loss_grad}
 _PREDICT = {"linear": linear._predict, "logistic": logistic._predict_proba,
             "softmax": softmax._predict_proba}
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _check_model(model) -> None:
-    if not (isinstance(model, str) and model in MODELS):
-        raise ConfigError(f"The 'model' parameter must be one of {MODELS}. Got {model!r} instead.")
-
-
-def _check_sizes(model, n_features, n_classes) -> None:
-    """Validate (model, n_features, n_classes): n_classes is 0, 2 and >= 2 for the three models."""
-    _check_model(model)
-    if not _is_int(n_features) or n_features < 1:
-        raise ConfigError(
-            f"The 'n_features' parameter must be an int >= 1. Got {n_features!r} instead."
-        )
-    expected = {"linear": "0 (regression)", "logistic": "2", "softmax": "an int >= 2"}[model]
-    if model == "softmax":
-        ok = _is_int(n_classes) and n_classes >= 2
-    else:
-        ok = _is_int(n_classes) and n_classes == (0 if model == "linear" else 2)
-    if not ok:
-        raise ConfigError(
-            f"The 'n_classes' parameter of model {model!r} must be {expected}. "
-            f"Got {n_classes!r} instead."
-        )
 
 
 def _check_array(fn, name, a, ndim, dtypes) -> np.ndarray:
@@ -126,12 +107,6 @@ def _check_rows(fn, what, idx, n, y, n_labels) -> None:
         f"Labels of {what} must be integers in [0, {n_labels}). Got y[{i}] = {y[i]}; "
         f"check the dataset's labels and n_classes."
     )
-
-
-def n_params(model: str, n_features: int, n_classes: int) -> int:
-    """Length of the flat parameter vector: d + 1 (linear, logistic) or C * (d + 1) (softmax)."""
-    _check_sizes(model, n_features, n_classes)
-    return n_features + 1 if model != "softmax" else n_classes * (n_features + 1)
 
 
 def _check_init(fn, dtype, rng) -> None:
@@ -205,7 +180,7 @@ def loss_grad(
     may be empty), converted to contiguous int64. theta, grad_out: flat, X's dtype, C-contiguous.
     The result is bitwise identical for any number of numba threads. Returns a Python float.
     """
-    _check_model(model)
+    check_name(model)
     _check_array("loss_grad", "X", X, 2, _FLOATS)
     _check_array("loss_grad", "theta", theta, 1, (X.dtype,))
     n_labels = _n_classes_of("loss_grad", model, theta, X.shape[1])
@@ -216,151 +191,13 @@ def loss_grad(
 
 def predict(model: str, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Predictions in X's dtype: linear x.w + b (n,); logistic P(y=1) (n,); softmax P (n, C)."""
-    _check_model(model)
+    check_name(model)
     _check_array("predict", "X", X, 2, _FLOATS)
     _check_array("predict", "theta", theta, 1, (X.dtype,))
     C = _n_classes_of("predict", model, theta, X.shape[1])
     out = np.empty((X.shape[0], C) if model == "softmax" else X.shape[0], dtype=X.dtype)
     _PREDICT[model](X, theta, out)
     return out
-
-
-def weights(model: str, theta: np.ndarray, n_features: int, n_classes: int):
-    """Views (W, b) into theta: linear/logistic W (d,), b shape (); softmax W (C, d), b (C,)."""
-    size = n_params(model, n_features, n_classes)
-    if not isinstance(theta, np.ndarray) or theta.shape != (size,):
-        got = f"shape {theta.shape}" if isinstance(theta, np.ndarray) else type(theta).__name__
-        raise ValueError(
-            f"The 'theta' argument of weights must be a 1-D array of size {size}. "
-            f"Got {got} instead."
-        )
-    if model == "softmax":
-        cd = n_classes * n_features
-        return theta[:cd].reshape(n_classes, n_features), theta[cd:]
-    return theta[:n_features], theta[n_features:].reshape(())
-
-
-def l2_mask(model: str, n_features: int, n_classes: int) -> np.ndarray:
-    """Boolean mask over theta: True for weights (penalised by L2), False for biases."""
-    mask = np.zeros(n_params(model, n_features, n_classes), dtype=bool)
-    mask[: n_features * (n_classes if model == "softmax" else 1)] = True
-    return mask
-
-
-# ----------------------------------------------------------------------------- model specs
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything the kernels need to know about one model, validated when it is built.
-
-    name: one of ``SPEC_MODELS``. n_features: an int >= 1. n_classes: 0 (regression), 2
-    (binary) or C >= 2 (multiclass), as the dataset declares it. hidden: 1 to 3 layer widths
-    for the mlp, () for the other models. activation: "relu" or "tanh" (used by the mlp).
-    task: None takes the task the name implies (linear: regression, logistic: binary,
-    softmax: multiclass) or, for the mlp, the one n_classes implies (0: regression, 2:
-    binary with one logit, > 2: multiclass); an mlp given task="multiclass" and
-    n_classes=2 gets two softmax outputs instead of one logit.
-    """
-
-    name: str
-    n_features: int
-    n_classes: int
-    hidden: tuple = ()
-    activation: str = "relu"
-    task: str | None = None
-
-    def __post_init__(self):
-        if not (isinstance(self.name, str) and self.name in SPEC_MODELS):
-            raise ConfigError(
-                f"The 'model' parameter must be one of {SPEC_MODELS}. Got {self.name!r} instead."
-            )
-        if not (isinstance(self.activation, str) and self.activation in ACTIVATIONS):
-            raise ConfigError(
-                f"The 'activation' parameter must be one of {ACTIVATIONS}. "
-                f"Got {self.activation!r} instead."
-            )
-        if self.name != "mlp":
-            self._check_convex()
-        else:
-            self._check_mlp()
-
-    def _check_convex(self) -> None:
-        _check_sizes(self.name, self.n_features, self.n_classes)
-        if not isinstance(self.hidden, (list, tuple)) or len(self.hidden):
-            raise ConfigError(
-                f"The 'hidden' parameter of model {self.name!r} must be () (only the mlp "
-                f"has hidden layers). Got {self.hidden!r} instead."
-            )
-        object.__setattr__(self, "hidden", ())
-        implied = TASK_OF[self.name]
-        if self.task not in (None, implied):
-            raise ConfigError(
-                f"The 'task' parameter of model {self.name!r} must be None or {implied!r}. "
-                f"Got {self.task!r} instead."
-            )
-        object.__setattr__(self, "task", implied)
-
-    def _check_mlp(self) -> None:
-        if not _is_int(self.n_features) or self.n_features < 1:
-            raise ConfigError(
-                f"The 'n_features' parameter must be an int >= 1. Got {self.n_features!r} "
-                f"instead."
-            )
-        hidden = self.hidden
-        if not (isinstance(hidden, (list, tuple)) and 1 <= len(hidden) <= MAX_HIDDEN_LAYERS
-                and all(_is_int(h) and h >= 1 for h in hidden)):
-            raise ConfigError(
-                f"The 'hidden' parameter of model 'mlp' must be a list of 1 to "
-                f"{MAX_HIDDEN_LAYERS} ints >= 1. Got {hidden!r} instead."
-            )
-        object.__setattr__(self, "hidden", tuple(int(h) for h in hidden))
-        c = self.n_classes
-        if not (_is_int(c) and (c == 0 or c >= 2)):
-            raise ConfigError(
-                f"The 'n_classes' parameter of model 'mlp' must be 0 (regression) or an int "
-                f">= 2. Got {c!r} instead."
-            )
-        task = self.task
-        if task is None:
-            task = "regression" if c == 0 else "binary" if c == 2 else "multiclass"
-        ok = {"regression": c == 0, "binary": c == 2, "multiclass": c >= 2}
-        if task not in ok or not ok[task]:
-            raise ConfigError(
-                f"The 'task' parameter of model 'mlp' must be None or one of {TASKS} "
-                f"consistent with n_classes = {c!r} (0: regression, 2: binary, >= 2: "
-                f"multiclass). Got {task!r} instead."
-            )
-        object.__setattr__(self, "task", task)
-
-    @classmethod
-    def from_config(cls, model_cfg, n_features: int, n_classes: int, task: str | None = None):
-        """The spec of a ``[model]`` config section (``name``, ``hidden``, ``activation``).
-
-        ``hidden`` and ``activation`` are kept for the mlp only and so is ``task`` (pass
-        the dataset's task, e.g. ``info.task``): the other models imply theirs.
-        """
-        if model_cfg.name != "mlp":
-            return cls(model_cfg.name, n_features, n_classes)
-        return cls("mlp", n_features, n_classes, tuple(model_cfg.hidden),
-                   model_cfg.activation, task)
-
-    @property
-    def n_outputs(self) -> int:
-        """Units of the output layer: 1 (regression, binary logit) or C (multiclass)."""
-        return self.n_classes if self.task == "multiclass" else 1
-
-    @property
-    def sizes(self) -> tuple:
-        """Layer widths (n_features, *hidden, n_outputs)."""
-        return (self.n_features, *self.hidden, self.n_outputs)
-
-
-def _check_spec(fn, spec) -> None:
-    if not isinstance(spec, ModelSpec):
-        raise TypeError(
-            f"The 'spec' argument of {fn} must be a ModelSpec. Got {type(spec).__name__} instead."
-        )
 
 
 _NO_LABELS = np.empty(0, dtype=np.int64)
@@ -388,15 +225,6 @@ def _check_X_theta(fn, spec, X, theta) -> None:
         )
 
 
-def spec_n_params(spec: ModelSpec) -> int:
-    """Length of the flat parameter vector; mlp: sum over layers of out * (in + 1)."""
-    _check_spec("spec_n_params", spec)
-    if spec.name != "mlp":
-        return n_params(spec.name, spec.n_features, spec.n_classes)
-    s = spec.sizes
-    return sum(o * (i + 1) for i, o in zip(s[:-1], s[1:]))
-
-
 def spec_init(spec: ModelSpec, dtype, rng: np.random.Generator) -> np.ndarray:
     """Initial parameters. Convex models: zeros (``rng`` untouched, see :func:`init_params`).
 
@@ -404,7 +232,7 @@ def spec_init(spec: ModelSpec, dtype, rng: np.random.Generator) -> np.ndarray:
     Glorot for tanh hidden layers and for the output layer; zero biases. The same ``rng``
     state gives the same parameters (float32: the float64 draws rounded).
     """
-    _check_spec("spec_init", spec)
+    check_spec("spec_init", spec)
     _check_init("spec_init", dtype, rng)
     if spec.name != "mlp":
         return init_params(spec.name, spec.n_features, spec.n_classes, dtype, rng)
@@ -420,7 +248,7 @@ def spec_loss_grad(
     y: X's dtype for task regression, int64 labels in [0, n_classes) otherwise (binary:
     0/1). Bitwise identical for any number of numba threads. Returns a Python float.
     """
-    _check_spec("spec_loss_grad", spec)
+    check_spec("spec_loss_grad", spec)
     _check_X_theta("spec_loss_grad", spec, X, theta)
     regression = spec.task == "regression"
     y, idx = _check_batch("spec_loss_grad", f"model {spec.name!r}", X, y, idx, theta, grad_out,
@@ -433,45 +261,13 @@ def spec_loss_grad(
 
 def spec_predict(spec: ModelSpec, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Predictions in X's dtype: regression f (n,); binary P(y=1) (n,); multiclass P (n, C)."""
-    _check_spec("spec_predict", spec)
+    check_spec("spec_predict", spec)
     _check_X_theta("spec_predict", spec, X, theta)
     if spec.name != "mlp":
         return predict(spec.name, X, theta)
     out = np.empty((X.shape[0], spec.n_outputs), dtype=X.dtype)
     mlp._predict(X, theta, *_mlp_codes(spec), out)
     return out if spec.task == "multiclass" else out.reshape(X.shape[0])
-
-
-def spec_weights(spec: ModelSpec, theta: np.ndarray):
-    """Views into theta: :func:`weights` for the convex models; for the mlp a list of
-    (W (out, in), b (out)) per layer, input layer first."""
-    _check_spec("spec_weights", spec)
-    if spec.name != "mlp":
-        return weights(spec.name, theta, spec.n_features, spec.n_classes)
-    size = spec_n_params(spec)
-    if not isinstance(theta, np.ndarray) or theta.shape != (size,):
-        got = f"shape {theta.shape}" if isinstance(theta, np.ndarray) else type(theta).__name__
-        raise ValueError(
-            f"The 'theta' argument of spec_weights must be a 1-D array of size {size}. "
-            f"Got {got} instead."
-        )
-    layers, off = [], 0
-    for n_in, n_out in zip(spec.sizes[:-1], spec.sizes[1:]):
-        end = off + n_out * n_in
-        layers.append((theta[off:end].reshape(n_out, n_in), theta[end : end + n_out]))
-        off = end + n_out
-    return layers
-
-
-def spec_l2_mask(spec: ModelSpec) -> np.ndarray:
-    """Boolean mask over theta: True for weights (penalised by L2), False for biases."""
-    _check_spec("spec_l2_mask", spec)
-    if spec.name != "mlp":
-        return l2_mask(spec.name, spec.n_features, spec.n_classes)
-    mask = np.zeros(spec_n_params(spec), dtype=bool)
-    for W, _ in spec_weights(spec, mask):
-        W[...] = True
-    return mask
 
 
 __all__ = ["MODELS", "SPEC_MODELS", "TASKS", "ACTIVATIONS", "TASK_OF", "n_params", "init_params",

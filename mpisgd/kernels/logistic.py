@@ -6,8 +6,15 @@ import numpy as np
 from numba import prange
 
 from mpisgd.kernels.linear import _affine, _axpy_rows
-from mpisgd.kernels.options import (CHUNK_ROWS, block_range, fold, n_blocks, njit, pjit,
-    reduce_blocks)
+from mpisgd.kernels.options import (
+    CHUNK_ROWS,
+    block_range,
+    fold,
+    n_blocks,
+    njit,
+    pjit,
+    reduce_blocks,
+)
 
 
 @njit

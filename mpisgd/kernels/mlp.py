@@ -18,12 +18,20 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from mpisgd.kernels.options import (MAX_ACC_BYTES, MAX_BLOCKS, block_range, fold, njit, pjit,
-    reduce_blocks)
+from mpisgd.kernels.options import (
+    MAX_ACC_BYTES,
+    MAX_BLOCKS,
+    block_range,
+    fold,
+    njit,
+    pjit,
+    reduce_blocks,
+)
 from mpisgd.kernels.softmax import _softmax
+from mpisgd.models import ACTIVATIONS
 
-TASKS = ("regression", "binary", "multiclass")  # codes 0, 1, 2
-ACTS = ("relu", "tanh")  # codes 0, 1
+# Task and activation codes: positions in these tuples.
+ACTS = ACTIVATIONS
 REGRESSION, BINARY, MULTICLASS = 0, 1, 2
 RELU, TANH = 0, 1
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from mpisgd.kernels.options import (CHUNK_ROWS, block_range, fold, n_blocks, njit, pjit,
-    reduce_blocks)
+from mpisgd.kernels.options import (
+    CHUNK_ROWS,
+    block_range,
+    fold,
+    n_blocks,
+    njit,
+    pjit,
+    reduce_blocks,
+)
 
 
 @njit

@@ -16,8 +16,14 @@ import sys
 
 import numpy as np
 
-from mpisgd.kernels import (SPEC_MODELS, ModelSpec, spec_init, spec_loss_grad, spec_n_params,
-    spec_predict)
+from mpisgd.kernels import (
+    SPEC_MODELS,
+    ModelSpec,
+    spec_init,
+    spec_loss_grad,
+    spec_n_params,
+    spec_predict,
+)
 
 DTYPES = ("float32", "float64")
 

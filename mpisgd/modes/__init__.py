@@ -1,1 +1,2 @@
-"""Training modes: how ranks combine gradients (allreduce now; parameter server later)."""
+"""Training modes: how ranks combine gradients: allreduce (and local, its one-rank
+case) and the parameter server (modes.ps)."""

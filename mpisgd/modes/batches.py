@@ -13,17 +13,25 @@ import numpy as np
 from mpi4py import MPI
 
 from mpisgd import kernels
-from mpisgd.data.chunks import (assign, chunk_table, chunks_per_step, epoch_order,
-    locality_order, step_chunks)
+from mpisgd.context import Context
+from mpisgd.data.chunks import (
+    assign,
+    chunk_table,
+    chunks_per_step,
+    epoch_order,
+    locality_order,
+    step_chunks,
+)
 from mpisgd.data.partition import holdout_mask
 from mpisgd.data.source import ChunkReader
+from mpisgd.modes.common import StepPlan, epoch_length, total_steps
 from mpisgd.modes.dataserve import ServerChunkSource, owners
 
 
 class RowBatches:
     """Partition placement: the worker's rows of every global minibatch, from memory."""
 
-    def __init__(self, ctx, plan):
+    def __init__(self, ctx: Context, plan: StepPlan):
         self.ctx, self.plan = ctx, plan
         self.steps_per_epoch, self.total, self.batch = plan.steps_per_epoch, plan.total, plan.batch
         self.slow = _slowdown(ctx)
@@ -48,13 +56,13 @@ class RowBatches:
         """Nothing to release."""
 
 
-def _slowdown(ctx) -> float:
+def _slowdown(ctx: Context) -> float:
     """Test hook: extra sleep per second of compute on ``debug.slow_rank`` (factor - 1)."""
     debug = ctx.cfg.debug
     return debug.slow_factor - 1.0 if debug.slow_rank == ctx.topo.rank else 0.0
 
 
-def make_batches(ctx, plan):
+def make_batches(ctx: Context, plan: StepPlan) -> Batches:
     """Collective over the world: the job's batches (``plan``: the partition's StepPlan)."""
     if ctx.cfg.data.placement == "partition":
         return RowBatches(ctx, plan)
@@ -71,16 +79,15 @@ class ChunkBatches:
     Collective over the world at creation and :meth:`close` (the balanced counter's window).
     """
 
-    def __init__(self, ctx, worker: int, worker_nodes: np.ndarray):
+    def __init__(self, ctx: Context, worker: int, worker_nodes: np.ndarray):
         cfg, info = ctx.cfg, ctx.info
         self.ctx, self.worker, self.worker_nodes = ctx, worker, worker_nodes
         self.policy = cfg.data.assign
         self.table = chunk_table(info.offsets, cfg.data.chunk_rows, info.nodes)
         self.per_step = chunks_per_step(self.table.n, cfg.train.batch_size, cfg.data.chunk_rows)
-        self.steps_per_epoch = -(-self.table.n // self.per_step)
-        total = cfg.train.epochs * self.steps_per_epoch
-        self.total = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
-        self.batch = self.per_step * cfg.data.chunk_rows   # nominal rows per step
+        # nominal rows per step: per_step chunks of chunk_rows
+        self.steps_per_epoch, self.batch = epoch_length(ctx)
+        self.total = total_steps(cfg.train.epochs, cfg.train.max_steps, self.steps_per_epoch)
         # Held-out rows stay out of training: the same per-row rule as partition placement.
         self.fraction = 0.0 if cfg.data.test else cfg.data.test_fraction
         self.seed, self.shuffle = cfg.train.seed, cfg.train.shuffle
@@ -200,6 +207,10 @@ class ChunkBatches:
         self.finish_reads()
         if self.counter is not None:
             self.counter.free()
+
+
+# What the training loops take: either placement, the same calls.
+Batches = RowBatches | ChunkBatches
 
 
 class BalancedCounter:

@@ -1,5 +1,6 @@
-"""What every mode shares: the step plan, turning a gradient sum into an update, the
-straggler and failure hooks. Pure numpy over this rank's arrays; no communication."""
+"""What every mode shares: the step plan and an epoch's length, turning a gradient sum
+into an update, the straggler and failure hooks, checkpoint timing and writing
+(:class:`Saver`, whose writes are collective), early stopping."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpisgd.comm import agree, bcast_value
+from mpisgd.comm.compress import make_codec
+from mpisgd.config import to_toml
+from mpisgd.context import Context
+from mpisgd.data.chunks import chunk_table, chunks_per_step
 from mpisgd.data.partition import epoch_permutation, local_schedule, steps_per_epoch
-from mpisgd.store import checkpoint
 from mpisgd.errors import MpisgdError, TrainingError
+from mpisgd.runtime.log import say
+from mpisgd.store import checkpoint
 
 
 @dataclass
@@ -36,8 +43,7 @@ class StepPlan:
     def __post_init__(self):
         self.batch = min(self.batch or self.n_train, self.n_train)
         self.steps_per_epoch = steps_per_epoch(self.n_train, self.batch)
-        total = self.epochs * self.steps_per_epoch
-        self.total = min(total, self.max_steps) if self.max_steps else total
+        self.total = total_steps(self.epochs, self.max_steps, self.steps_per_epoch)
         self._epoch = -1
         self._rows = self._offsets = None
 
@@ -46,12 +52,6 @@ class StepPlan:
         if epoch != self._epoch:
             self._load(epoch)
         return self._rows[self._offsets[t]:self._offsets[t + 1]]
-
-    def epoch_rows(self, epoch: int) -> np.ndarray:
-        """Every local row the epoch uses, in step order (for the row trace)."""
-        if epoch != self._epoch:
-            self._load(epoch)
-        return self._rows
 
     def _load(self, epoch: int) -> None:
         if self.batch < self.n_train:
@@ -64,11 +64,9 @@ class StepPlan:
         self._epoch = epoch
 
 
-def gradient_codec(ctx, n: int):
+def gradient_codec(ctx: Context, n: int):
     """The job's codec (``comm.compression``) for gradients of ``n`` entries; None: dense.
     Allreduce mode codes the whole vector, a PS worker each server's key range."""
-    from mpisgd.comm.compress import make_codec
-
     comm = ctx.cfg.comm
     return make_codec(comm.compression, n, ctx.dtype, comm.topk_ratio, ctx.cfg.train.seed)
 
@@ -137,7 +135,7 @@ class Hooks:
 class Saver:
     """When to checkpoint, and writing one: replicated (allreduce) or sharded (servers)."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx: Context):
         self.ctx = ctx
         c = ctx.cfg.checkpoint
         self.every_steps, self.every_seconds, self.keep = c.every_steps, c.every_seconds, c.keep
@@ -160,9 +158,7 @@ class Saver:
 
     def meta(self, step: int, reason: str) -> dict:
         ctx, cfg = self.ctx, self.ctx.cfg
-        from mpisgd.config import to_toml
-
-        return {"reason": reason, "epoch": step // max(1, _steps_per_epoch(ctx)),
+        return {"reason": reason, "epoch": step // epoch_length(ctx)[0],
                 "mode": cfg.mode, "consistency": cfg.ps.consistency if cfg.mode == "ps" else None,
                 "world_size": ctx.topo.size, "servers": len(ctx.roles.servers),
                 "model": ctx.model, "n_features": ctx.n_features, "n_classes": ctx.n_classes,
@@ -171,8 +167,6 @@ class Saver:
 
     def save_replicated(self, step: int, theta: np.ndarray, state: dict, reason: str):
         """Collective over the world: rank 0 writes the whole vector; errors agreed."""
-        from mpisgd.comm import bcast_value
-
         def write():
             staging = checkpoint.staging_dir(self.ctx.run_dir, step, self.ctx.run_token)
             entry = checkpoint.write_shard(staging, 0, 0, theta.size, theta, state)
@@ -188,8 +182,6 @@ class Saver:
         """Collective over the servers' communicator: each writes its key range, server 0
         commits the manifest. An error here is not agreed with the waiting workers, so it
         is re-raised as this rank's own (the job aborts)."""
-        from mpisgd.comm import agree
-
         error, entry = None, None
         staging = checkpoint.staging_dir(self.ctx.run_dir, step, self.ctx.run_token)
         try:
@@ -213,10 +205,28 @@ class Saver:
         return comm.bcast(path, root=0)
 
 
-def _steps_per_epoch(ctx) -> int:
-    t = ctx.cfg.train
-    batch = min(t.batch_size or ctx.n_train, ctx.n_train)
-    return steps_per_epoch(ctx.n_train, batch)
+def epoch_length(ctx: Context) -> tuple[int, int]:
+    """(steps per epoch, nominal global batch in rows) under the job's placement: the one
+    place an epoch's length is computed (the step plan, the chunk batches, checkpoint
+    manifests and the summary all take it from here).
+
+    Partition placement steps through the training rows in minibatches of
+    ``train.batch_size`` rows; storage and server placement through the dataset's
+    chunks, a whole number of chunks per step.
+    """
+    cfg, t = ctx.cfg, ctx.cfg.train
+    if cfg.data.placement == "partition":
+        batch = min(t.batch_size or ctx.n_train, ctx.n_train)
+        return steps_per_epoch(ctx.n_train, batch), batch
+    table = chunk_table(ctx.info.offsets, cfg.data.chunk_rows, ctx.info.nodes)
+    per_step = chunks_per_step(table.n, t.batch_size, cfg.data.chunk_rows)
+    return -(-table.n // per_step), per_step * cfg.data.chunk_rows
+
+
+def total_steps(epochs: int, max_steps: int, steps_per_epoch: int) -> int:
+    """Steps of the whole run: ``epochs`` epochs, at most ``max_steps`` (0: no limit)."""
+    total = epochs * steps_per_epoch
+    return min(total, max_steps) if max_steps else total
 
 
 class EarlyStopping:
@@ -240,3 +250,23 @@ class EarlyStopping:
         if value < self.best:
             self.best, self.best_epoch = value, self.epochs
         return self.epochs - self.best_epoch >= self.patience
+
+
+def make_plan(ctx: Context) -> StepPlan:
+    t = ctx.cfg.train
+    return StepPlan(n_train=ctx.n_train, first_train=ctx.first_train,
+                    train_rows=ctx.train_rows, batch=t.batch_size, seed=t.seed,
+                    shuffle=t.shuffle, epochs=t.epochs, max_steps=t.max_steps)
+
+
+def write_trace(ctx: Context, trace: list) -> None:
+    """Every rank writes the global row ids it used, one array per epoch (test hook)."""
+    folder = ctx.run_dir / "trace"
+    error = None
+    try:
+        folder.mkdir(exist_ok=True)
+        np.savez(folder / f"rank{ctx.topo.rank}.npz", *trace)
+    except OSError as exc:
+        error = exc
+    agree(ctx.topo.world, error)
+    say(f"mpisgd: row trace written to {folder}")

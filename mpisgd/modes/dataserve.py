@@ -21,6 +21,7 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from mpisgd.context import Context
 from mpisgd.data.partition import block_range
 from mpisgd.data.source import ChunkReader
 
@@ -45,7 +46,7 @@ def _row_bytes(info) -> int:
 class DataServer:
     """One server rank's part of the dataset and its answers to workers' requests."""
 
-    def __init__(self, ctx, index: int, n_servers: int, table):
+    def __init__(self, ctx: Context, index: int, n_servers: int, table):
         self.ctx, self.table = ctx, table
         info = ctx.info
         self.first, last = block_range(table.n, n_servers, index)
@@ -106,7 +107,7 @@ class DataServer:
 class ServerChunkSource:
     """A worker's chunk source under server placement: the ChunkReader interface."""
 
-    def __init__(self, ctx, owner: np.ndarray, table):
+    def __init__(self, ctx: Context, owner: np.ndarray, table):
         self.ctx, self.table, self.info = ctx, table, ctx.info
         self.servers = ctx.roles.servers
         self.owner = owner   # server index of every chunk

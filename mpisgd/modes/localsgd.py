@@ -15,9 +15,18 @@ gradient path of :mod:`allreduce` is plain synchronous SGD.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from mpisgd.comm.reduce import make_reducer
+from mpisgd.comm.reduce import Reducer, make_reducer
+from mpisgd.comm.watchdog import StepWatchdog
+from mpisgd.context import Context
+from mpisgd.modes.batches import Batches
+from mpisgd.modes.common import check_finite
+from mpisgd.modes.nodeparams import NodeParams
+from mpisgd.modes.runner import LOSS, ROWS, Exchanged, Runner
+from mpisgd.optim import learning_rate
 
 
 class Averager:
@@ -27,7 +36,7 @@ class Averager:
     and the two votes) is summed, the rest averaged, in one reduction.
     """
 
-    def __init__(self, ctx, params):
+    def __init__(self, ctx: Context, params: NodeParams):
         self.k = ctx.cfg.train.sync_every
         self.size = ctx.topo.size
         self.views = [params.theta, *params.optimizer.buffers().values()]
@@ -62,3 +71,47 @@ class Averager:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.reduce.__exit__(exc_type, exc, tb)   # frees unless one rank alone is raising
+
+
+class LocalSGDRunner(Runner):
+    """Local SGD: each step updates this rank's parameters from its own rows; every k
+    steps (and at every epoch end and the last step) ``averager`` averages parameters and
+    optimizer state, with the tail summed alongside. The shared loop sees an exchange only
+    at those averagings: losses, logs, epoch ends and checkpoints happen there.
+    """
+
+    def __init__(self, ctx: Context, params: NodeParams, buf: np.ndarray, reduce: Reducer,
+                 plan: Batches, dog: StepWatchdog, start_step: int, averager: Averager):
+        super().__init__(ctx, params, buf, reduce, plan, dog, start_step)
+        self.averager = averager
+        self.period_loss = self.period_rows = 0.0   # sums since the last averaging
+
+    def advance(self, step: int, epoch: int, loss: float, rows: int) -> Exchanged:
+        cfg = self.cfg
+        lr = learning_rate(cfg.optimizer, step, epoch, self.total)
+        if rows:
+            self.finish(rows)   # this rank's rows alone
+            self.params.update(self.grad, lr, cfg.model.l1)
+        self.period_loss += loss
+        self.period_rows += rows
+        t1 = time.perf_counter()
+        if not self.averager.due(step, self.spe, self.total):
+            return Exchanged(t1)
+        self.vote(self.period_loss, self.period_rows)
+        self.dog.waiting(step, "the parameter averaging")
+        self.averager(self.tail)
+        self.dog.idle()
+        t2 = time.perf_counter()
+        count = float(self.tail[ROWS])
+        mean = float(self.tail[LOSS]) / count if count else 0.0
+        # Averaged parameters are the same on every rank, so every rank raises together.
+        check_finite(mean, self.theta, step, lr)
+        self.period_loss = self.period_rows = 0.0
+        return Exchanged(t1, t2, mean, lr, count)
+
+    def traffic(self, step: int) -> tuple[int, int]:
+        return self.averager.count, self.averager.reduce.sent_bytes
+
+    def strategy_stats(self, sent: int) -> dict:
+        return {"local_sgd": {"sync_every": self.cfg.train.sync_every,
+                              "averagings": self.averager.count}}

@@ -21,6 +21,7 @@ import numpy as np
 
 from mpisgd.comm.reduce import column_slice
 from mpisgd.comm.shm import SharedArray
+from mpisgd.context import Context
 from mpisgd.optim import make_optimizer, slice_state, soft_threshold
 
 
@@ -33,7 +34,8 @@ class NodeParams:
     it copies the final parameters into ``theta0`` and frees the windows.
     """
 
-    def __init__(self, ctx, theta0: np.ndarray, shared: bool, opt_state: dict | None):
+    def __init__(self, ctx: Context, theta0: np.ndarray, shared: bool,
+                 opt_state: dict | None):
         self.ctx, self.theta0 = ctx, theta0
         self.node = ctx.topo.node
         n, dtype = theta0.size, theta0.dtype

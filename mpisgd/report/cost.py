@@ -9,7 +9,10 @@ import time
 
 import numpy as np
 
+from mpisgd.errors import OutputError
+from mpisgd.kernels.options import pjit
 from mpisgd.runtime.paths import cache_dir
+from mpisgd.store.atomic import write_text
 
 CATEGORIES = ("setup", "data", "compute", "comm", "wait", "eval", "log", "checkpoint")
 
@@ -23,6 +26,14 @@ def rank_report(timers: dict, wall: float, rank: int, bytes_sent: int,
     return out
 
 
+@pjit
+def _sum(a):
+    s = 0.0
+    for i in range(a.shape[0]):   # numba turns this into a parallel reduction
+        s += a[i]
+    return s
+
+
 def memory_bandwidth() -> float:
     """Bytes/s of a multi-threaded sum over 256 MiB, measured once per host and cached."""
     path = cache_dir() / f"membw-{socket.gethostname()}.json"
@@ -30,23 +41,14 @@ def memory_bandwidth() -> float:
         return float(json.loads(path.read_text())["read_Bps"])
     except (OSError, ValueError, KeyError):
         pass
-    from mpisgd.kernels.options import pjit
-
-    @pjit
-    def _sum(a):
-        s = 0.0
-        for i in range(a.shape[0]):   # numba turns this into a parallel reduction
-            s += a[i]
-        return s
-
     a = np.ones(64 * 1024 * 1024, dtype=np.float32)
     _sum(a[:1024])
     best = min(_timed(_sum, a) for _ in range(5))
     bw = a.nbytes / best
-    try:
+    try:   # a cache: a host that cannot keep it measures again next time
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"read_Bps": bw, "measured": time.time()}))
-    except OSError:
+        write_text(path, json.dumps({"read_Bps": bw, "measured": time.time()}))
+    except (OSError, OutputError):
         pass
     return bw
 

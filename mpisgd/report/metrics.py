@@ -152,3 +152,12 @@ def finish_classification(s: np.ndarray, n_classes: int) -> dict:
                f1_per_class=f1.tolist(), support=conf.sum(1).astype(np.int64).tolist())
     out["confusion"] = conf.astype(np.int64).tolist()
     return out
+
+
+_SHOWN = ("mse", "rmse", "mae", "r2", "accuracy", "precision", "recall", "f1", "auc",
+          "log_loss")
+
+
+def format_metrics(metrics: dict) -> str:
+    """The scalar metrics as one line, e.g. ``accuracy 0.97, auc 0.99``."""
+    return ", ".join(f"{k} {metrics[k]:.6g}" for k in _SHOWN if k in metrics)

@@ -4,10 +4,10 @@ When more ranks share a node than it has cores, a rank that busy-polls inside a
 collective steals the core a working rank needs. The launchers tell each process how
 many ranks share its node; when that exceeds the cores, mpisgd asks Open MPI to yield
 while it waits (MPICH's default progress loop already calls sched_yield). MPICH's
-"heavy" yield (nanosleep) is opt-in with ``MPISGD_YIELD=1``: measured here it made the
-default job's small, latency-bound allreduces 2x slower at 8 ranks on 2 cores, and
-helped only jobs whose steps are long compared with the collective (see README).
-A user's own setting always wins.
+"heavy" yield (nanosleep) is opt-in with ``MPISGD_YIELD=1``: it costs every small,
+latency-bound collective a sleep, and pays only when steps are long compared with the
+collective (measured: README, "Oversubscribing"). A user's own
+setting always wins.
 """
 
 from __future__ import annotations

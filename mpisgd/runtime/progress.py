@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 
 class Progress:
     """Shows training progress on rank 0; a no-op on every other rank."""
@@ -14,8 +16,6 @@ class Progress:
         self.mode = mode if active else "none"
         self.bar = None
         if self.mode == "bar":
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True,
                             mininterval=0.5, leave=True)
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from mpisgd import __version__
 from mpisgd.errors import CheckpointError
+from mpisgd.store.atomic import fsync_path
 
 FORMAT = "mpisgd-checkpoint"
 FORMAT_VERSION = 1
@@ -42,14 +43,6 @@ def folder(run_dir: Path) -> Path:
 
 def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def staging_dir(run_dir: Path, step: int, token: str) -> Path:
@@ -73,7 +66,7 @@ def write_shard(staging: Path, index: int, lo: int, hi: int, theta: np.ndarray,
                 f.create_dataset(key, data=value)
             f.attrs.update(lo=lo, hi=hi)
             _test_hook("enospc")
-        _fsync(staging / name)
+        fsync_path(staging / name, strict=True)
     except OSError as exc:
         # A partial shard is of no use and, on a full disk, holds space another write needs.
         (staging / name).unlink(missing_ok=True)
@@ -93,14 +86,15 @@ def commit(run_dir: Path, staging: Path, step: int, shards: list[dict], meta: di
     final = folder(run_dir) / f"{_PREFIX}{step:09d}"
     try:
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        _fsync(staging / "manifest.json")
+        fsync_path(staging / "manifest.json", strict=True)
         _test_hook("before_rename")
         if final.exists():  # the same step written again (a resumed run): replace it
             shutil.rmtree(final)
         os.replace(staging, final)
-        _fsync(final.parent)
+        fsync_path(final.parent, strict=True)
     except OSError as exc:
-        raise CheckpointError(f"cannot commit checkpoint '{final}': {exc.strerror or exc}.") from None
+        raise CheckpointError(f"cannot commit checkpoint '{final}': "
+                              f"{exc.strerror or exc}.") from None
     _test_hook("after_commit", final)
     _prune(run_dir, keep)
     return final

@@ -1,4 +1,6 @@
-"""The run folder: config.toml, metrics.jsonl, summary.json and model.h5.
+"""The run folder: config.toml, effective.toml, metrics.jsonl, ranks.json, summary.json.
+
+model.h5 is :mod:`mpisgd.store.modelfile`; checkpoints/ is :mod:`mpisgd.store.checkpoint`.
 
 Only rank 0 writes here; every writer is called inside an agreement by the caller,
 so a full disk or a read-only folder becomes one clear error on every rank.
@@ -15,9 +17,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from mpisgd import __version__
 from mpisgd.config import JobConfig, to_toml
 from mpisgd.errors import OutputError
+from mpisgd.store.atomic import atomic_path, write_text
+
+EFFECTIVE = "effective.toml"
 
 
 def create(cfg: JobConfig, out: str | None = None, kind: str = "") -> Path:
@@ -43,18 +47,18 @@ def create(cfg: JobConfig, out: str | None = None, kind: str = "") -> Path:
     return path.resolve()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
-
-
 def write_config(run: Path, cfg: JobConfig) -> None:
-    _atomic_write_text(run / "config.toml", to_toml(cfg))
+    """config.toml: the job as given (the effective one differs: see write_effective)."""
+    write_text(run / "config.toml", to_toml(cfg))
+
+
+def write_effective(run: Path, cfg: JobConfig, changes: dict[str, dict]) -> None:
+    """effective.toml: the job the run follows, after its own changes (listed on top
+    as comments: key, value, the job's value, why)."""
+    notes = [f"# {key} = {c['value']!r} (the job says {c['job']!r}): {c['why']}"
+             for key, c in changes.items()]
+    write_text(run / EFFECTIVE, "# The job as this run follows it; config.toml is the "
+               "job as given.\n" + "\n".join(notes) + "\n\n" + to_toml(cfg))
 
 
 def append_metrics(run: Path, record: dict) -> None:
@@ -70,42 +74,18 @@ def write_ranks(run: Path, ranks: list[tuple[str, int]]) -> None:
     """ranks.json: each rank's host and process id. A launcher reports a process killed
     by a signal (SIGKILL, the OOM killer) by its pid; this file names its rank."""
     rows = [{"rank": r, "host": host, "pid": pid} for r, (host, pid) in enumerate(ranks)]
-    _atomic_write_text(run / "ranks.json", json.dumps(rows, indent=1) + "\n")
+    write_text(run / "ranks.json", json.dumps(rows, indent=1) + "\n")
 
 
 def write_summary(run: Path, summary: dict) -> None:
-    _atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-
-def write_model(run: Path, theta: np.ndarray, *, model: str, n_features: int,
-                n_classes: int, task: str, cfg: JobConfig) -> Path:
-    """Write the final parameters to model.h5 atomically."""
-    path = run / "model.h5"
-    tmp = run / f".model.h5.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("theta", data=theta)
-            f.attrs.update(format="mpisgd-model", format_version=1, model=model,
-                           n_features=n_features, n_classes=n_classes, task=task,
-                           mpisgd_version=__version__, config=to_toml(cfg))
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
-    return path
+    write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def write_oracle(run: Path, theta: np.ndarray, result: dict) -> Path:
     """oracle.h5 (the exact optimum's theta) and oracle.json, atomically. Rank 0 only."""
     path = run / "oracle.h5"
-    tmp = run / f".oracle.h5.tmp-{os.getpid()}"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("theta", data=theta)
-            f.attrs.update(format="mpisgd-oracle", train_data=result["train_data"])
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write '{path}': {exc.strerror or exc}.") from None
-    _atomic_write_text(run / "oracle.json", json.dumps(result, indent=2) + "\n")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("theta", data=theta)
+        f.attrs.update(format="mpisgd-oracle", train_data=result["train_data"])
+    write_text(run / "oracle.json", json.dumps(result, indent=2) + "\n")
     return path

@@ -154,7 +154,8 @@ class Cluster:
                 del env[var]
         return env
 
-    def run(self, *cmd: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *cmd: str, timeout: float = 30,
+            check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run(list(cmd), env=self.env(), capture_output=True, text=True,
                            timeout=timeout)
         if check and r.returncode != 0:

@@ -22,9 +22,9 @@ from typing import Callable
 
 import h5py
 import numpy as np
+from launch.datasets import raw_shard, sets
 
 from mpisgd.data import write_shard
-from launch.datasets import raw_shard, sets
 
 N = 4
 WORKER, SERVER = 3, 1
@@ -171,6 +171,11 @@ def _rolled_back_once(out, result):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["rollbacks"]) == 1, summary.get("rollbacks")
     assert summary["test"]["r2"] > 0.9, summary["test"]
+    # The job stays as given; the lowered rate is recorded as the run's own change.
+    lr = summary["effective"]["optimizer.lr"]
+    assert lr["job"] == 1e6 and lr["value"] == summary["rollbacks"][0]["lr"], lr
+    assert "lr = 1000000.0" in (out / "config.toml").read_text()
+    assert f"lr = {lr['value']!r}" in (out / "effective.toml").read_text()
 
 
 def _retried(out, result):
@@ -189,7 +194,8 @@ STORAGE = sets("data.placement='storage'", "data.retry_delay=0.01")
 
 SCENARIOS = [
     # -- failures inside training, on one rank ----------------------------------------------
-    Scenario("kernel-exception-step-1", ("ar-flat", "ps-asp"), sets(f"debug.fail_rank={WORKER}", "debug.fail_step=1"),
+    Scenario("kernel-exception-step-1", ("ar-flat", "ps-asp"),
+             sets(f"debug.fail_rank={WORKER}", "debug.fail_step=1"),
              code=1, says=("injected failure in the gradient kernel at step 1",), rank=WORKER),
     Scenario("kernel-exception-step-50", ALL,
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=50"),
@@ -305,7 +311,8 @@ SCENARIOS = [
     Scenario("divergence-rollback-recovers", AR,
              sets("optimizer.lr=1e6", "checkpoint.every_steps=50", "train.on_divergence='rollback'",
                   "train.rollback_lr_factor=1e-6"),
-             code=0, says=("Rollback 1 of 3: back to the starting point",), after=_rolled_back_once),
+             code=0, says=("Rollback 1 of 3: back to the starting point",),
+             after=_rolled_back_once),
     Scenario("divergence-rollback-exhausted", AR,
              sets("optimizer.lr=1e6", "train.on_divergence='rollback'", "train.max_rollbacks=2"),
              code=4, says=("Still diverging after 2 rollback(s)",)),

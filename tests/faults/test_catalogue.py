@@ -12,12 +12,12 @@ import time
 
 import h5py
 import pytest
-
-from mpisgd.store import checkpoint
 from launch.procs import job_pids, wait_gone
 from report import FAULT_TIMINGS
 
-from .scenarios import BASE, BY_NAME, CASES, MODES, N, SCENARIOS
+from mpisgd.store import checkpoint
+
+from .scenarios import BASE, BY_NAME, CASES, MODES, SCENARIOS, N
 
 # setpriv: run as root without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH, so file
 # permissions apply (CI runs as root, and root reads a chmod-000 file).

@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, find, given, settings
 from hypothesis import strategies as st
-
 from launch.procs import wait_gone
+
 from mpisgd.config import JobConfig, _is_section, _toml_value, load_config
-from mpisgd.data.format import check_values, open_dataset, read_rows
+from mpisgd.data.checks import check_values
+from mpisgd.data.format import open_dataset
+from mpisgd.data.read import read_rows
 from mpisgd.errors import ConfigError, DataError
 
 SCALE = int(os.environ.get("MPISGD_FUZZ_SCALE", "1"))

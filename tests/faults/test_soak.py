@@ -14,7 +14,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from launch.datasets import sets
 from launch.procs import wait_gone
 

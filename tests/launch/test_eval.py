@@ -79,7 +79,8 @@ def test_predict_at_3_ranks_matches_numpy(launch, trained, tmp_path):
 # Tiny blocks and no read-ahead: every rank streams its rows while it holds the token.
 STREAMING = """
 import sys
-from mpisgd import cli, predict
+from mpisgd import cli
+from mpisgd.commands import predict
 predict.BLOCK_ROWS, predict.AHEAD_BYTES = 7, 1
 sys.exit(cli.main(sys.argv[1:]))
 """
@@ -88,7 +89,8 @@ sys.exit(cli.main(sys.argv[1:]))
 FAILING = """
 import sys
 from mpi4py import MPI
-from mpisgd import cli, predict
+from mpisgd import cli
+from mpisgd.commands import predict
 write = predict._write
 def _write(f, task, first, out):
     if MPI.COMM_WORLD.Get_rank() == 1:

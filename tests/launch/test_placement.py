@@ -82,7 +82,7 @@ def test_one_result_whoever_computes_which_chunk(launch, tmp_path, uneven):
                timeout=180, check=True)
         thetas.setdefault(policy, []).append(theta_of(out))
     ref = thetas["static"][0]
-    for policy, runs in thetas.items():
+    for runs in thetas.values():
         for t in runs:
             np.testing.assert_allclose(t, ref, rtol=1e-10, atol=1e-12)
     assert thetas["random"][0].tobytes() == thetas["random"][1].tobytes()
@@ -173,3 +173,32 @@ def test_partition_streams_a_block_too_big_for_memory(launch, tmp_path, uneven):
     assert "does not fit in its share of memory: streaming it" in r.stderr
     assert summary_of(out)["data_io"]["total"]["chunks"] > 0
     assert theta_of(out).tobytes() == theta_of(tmp_path / "storage").tobytes()
+    # The job stays as given; the run records what it followed instead, and why.
+    assert "placement = \"partition\"" in (out / "config.toml").read_text()
+    effective = (out / "effective.toml").read_text()
+    assert "placement = \"storage\"" in effective and "does not fit" in effective
+    change = summary_of(out)["effective"]["data.placement"]
+    assert change["value"] == "storage" and change["job"] == "partition"
+
+
+def _manifests(run) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(run.glob("checkpoints/step-*/manifest.json"))]
+
+
+@pytest.mark.parametrize("placement", ["partition", "storage"])
+def test_a_checkpoints_epoch_counts_the_placements_steps(launch, tmp_path, uneven, placement):
+    """The epoch in a checkpoint's manifest is its step over the steps per epoch of the
+    placement that ran: storage placement steps through chunks (40 chunks of at most 100 rows,
+    4 per step: 10 steps an epoch), partition placement through the training rows
+    (3102 rows in batches of 400: 8 steps), so the two differ."""
+    out = tmp_path / "run"
+    launch(4, _job(uneven, "debug.trace_rows=false", f"data.placement='{placement}'",
+                   "checkpoint.every_steps=3", "checkpoint.keep=10")
+           + ["--out", str(out)], timeout=180, check=True)
+    s = summary_of(out)
+    spe = s["steps_per_epoch"]
+    assert spe == (10 if placement == "storage" else 8)
+    manifests = _manifests(out)
+    assert [m["step"] for m in manifests] == [*range(3, s["steps"], 3), s["steps"]]
+    assert all(m["epoch"] == m["step"] // spe for m in manifests)
+    assert s["effective"] == {}

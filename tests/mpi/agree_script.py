@@ -1,4 +1,5 @@
-"""Run under mpiexec (with a timeout) by test_collectives.py: error agreement and topology at any size."""
+"""Run under mpiexec (with a timeout) by test_collectives.py: error agreement and topology
+at any size."""
 
 import sys
 
@@ -22,7 +23,7 @@ try:
 except DataError as exc:
     expect = "shard missing" if size == 1 else f"rank {size - 1}: shard missing"
     if str(exc) != expect or not exc.agreed:
-        raise SystemExit(f"rank {rank}: wrong agreed error {exc!r}")
+        raise SystemExit(f"rank {rank}: wrong agreed error {exc!r}") from None
     checks.append("one")
 else:
     raise SystemExit(f"rank {rank}: no error raised")
@@ -32,7 +33,7 @@ try:
     agreed_call(world, lambda: 1 / 0 if rank % 2 == 0 else None)
 except CommError as exc:
     if "ZeroDivisionError" not in str(exc) or not exc.agreed:
-        raise SystemExit(f"rank {rank}: {exc!r}")
+        raise SystemExit(f"rank {rank}: {exc!r}") from None
     checks.append("foreign")
 
 # 4. bcast_value: root's result reaches everyone; root's error reaches everyone.
@@ -42,7 +43,7 @@ try:
     bcast_value(world, lambda: (_ for _ in ()).throw(DataError("root failed")))
 except DataError as exc:
     if "root failed" not in str(exc):
-        raise SystemExit(f"rank {rank}: {exc!r}")
+        raise SystemExit(f"rank {rank}: {exc!r}") from None
     checks.append("bcast")
 
 # 5. Topology: emulated nodes from MPISGD_RANKS_PER_NODE.

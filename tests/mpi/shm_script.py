@@ -1,4 +1,5 @@
-"""Launched under mpiexec with a timeout by test_shm.py. Run under mpiexec by test_shm.py: SharedArray and HierarchicalAllreduce at any layout.
+"""Launched under mpiexec with a timeout by test_shm.py: SharedArray and
+HierarchicalAllreduce at any layout.
 
 Emulated nodes come from MPISGD_RANKS_PER_NODE, the fallback from MPISGD_NO_SHM. Every
 check is collective (all ranks learn every rank's verdict), so a failure ends the job on

@@ -23,7 +23,7 @@ def test_column_slices_tile_the_columns_on_cache_lines(n, parts, itemsize):
     assert slices[0][0] == 0 and slices[-1][1] == n
     for (lo, hi), (lo2, _) in zip(slices, slices[1:]):
         assert lo <= hi == lo2
-    for lo, hi in slices:
+    for lo, _ in slices:
         assert lo == n or (lo * itemsize) % 64 == 0
 
 

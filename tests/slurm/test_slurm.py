@@ -44,7 +44,8 @@ def _check(job, code: int = 0):
 
 FAKE_PYTHON = """#!/bin/bash
 echo "task ${SLURM_PROCID:-?}: ARGS $*"
-echo "task ${SLURM_PROCID:-?}: NUMBA_CACHE_DIR=$NUMBA_CACHE_DIR MPISGD_NUM_THREADS=${MPISGD_NUM_THREADS:-unset}"
+echo "task ${SLURM_PROCID:-?}: NUMBA_CACHE_DIR=$NUMBA_CACHE_DIR" \
+     "MPISGD_NUM_THREADS=${MPISGD_NUM_THREADS:-unset}"
 if [ -n "${FAKE_TRAIN:-}" ]; then      # like mpisgd: run until a signal, then exit 75
     trap 'echo "task ${SLURM_PROCID:-?}: stopping"; exit 75' USR1 TERM
     touch "$FAKE_TRAIN"

@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from mpisgd.store import checkpoint
 from mpisgd.errors import CheckpointError
+from mpisgd.store import checkpoint
 
 META = {"model": "linear", "n_features": 9, "n_classes": 0, "n_params": 10,
         "dtype": "float64", "mode": "ps", "world_size": 3, "servers": 2}

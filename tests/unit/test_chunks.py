@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from mpisgd.config import load_config
 from mpisgd.data import open_dataset, write_shard
 from mpisgd.data.chunks import assign, chunk_table, chunks_per_step, epoch_order, step_chunks
 from mpisgd.data.source import ChunkReader
-from mpisgd.config import load_config
 from mpisgd.errors import ConfigError, DataError
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpisgd.comm.compress import SIGN_CHUNK, SCHEMES, ErrorFeedback, make_codec
+from mpisgd.comm.compress import SCHEMES, SIGN_CHUNK, ErrorFeedback, make_codec
 from mpisgd.config import load_config
 from mpisgd.errors import ConfigError
 

@@ -1,10 +1,12 @@
 """The strict job configuration: every key declared, every value checked."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from mpisgd.config import DEFAULT_JOB, load_config, parse_override, to_toml
+from mpisgd import models
+from mpisgd.config import DEFAULT_JOB, MODEL_NAMES, load_config, parse_override, replace, to_toml
 from mpisgd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +87,27 @@ def test_docs_jobs_md_is_current():
     from mpisgd.config import reference_markdown
 
     assert (ROOT / "docs" / "jobs.md").read_text() == reference_markdown()
+
+
+def test_a_loaded_job_is_frozen_and_replace_makes_a_checked_copy():
+    cfg = load_config(None, ["optimizer.lr=0.3"])
+    with pytest.raises(dataclasses.FrozenInstanceError, match="frozen after validation"):
+        cfg.optimizer.lr = 1.0
+    changed = replace(cfg, {"data.placement": "storage", "optimizer.lr": 0.15})
+    assert (changed.data.placement, changed.optimizer.lr) == ("storage", 0.15)
+    assert (cfg.data.placement, cfg.optimizer.lr) == ("partition", 0.3)   # untouched
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.data.placement = "partition"
+    with pytest.raises(ConfigError, match="'optimizer.lr' parameter must be a float"):
+        replace(cfg, {"optimizer.lr": -1.0})
+    with pytest.raises(ConfigError, match="data.folds"):   # cross-field rules run too
+        replace(cfg, {"data.folds": 3, "data.fold": 3})
+
+
+def test_model_choices_and_tasks_come_from_the_registry():
+    assert MODEL_NAMES == models.NAMES == tuple(models.REGISTRY)
+    assert models.MODELS == ("linear", "logistic", "softmax")
+    assert {models.suggest(t) for t in models.TASKS} == {"linear", "logistic", "softmax"}
+    models.check_task("mlp", "multiclass", "x")
+    with pytest.raises(ConfigError, match="cannot learn a binary task .*'logistic'"):
+        models.check_task("linear", "binary", "dataset 'd'")

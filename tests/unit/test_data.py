@@ -10,10 +10,22 @@ import h5py
 import numpy as np
 import pytest
 
-from mpisgd.data import (DatasetReader, FolderBuild, ShardWriter, check_values, convert,
-    iter_blocks, make_linear, make_logistic, make_multiclass, open_dataset, read_rows,
-    synth_to_folder, write_shard)
 from mpisgd.commands.data import main
+from mpisgd.data import (
+    DatasetReader,
+    FolderBuild,
+    ShardWriter,
+    check_values,
+    convert,
+    iter_blocks,
+    make_linear,
+    make_logistic,
+    make_multiclass,
+    open_dataset,
+    read_rows,
+    synth_to_folder,
+    write_shard,
+)
 from mpisgd.errors import DataError, OutputError
 
 

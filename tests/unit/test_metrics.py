@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from mpisgd.report.metrics import (classification_sums, finish_classification,
-    finish_regression, regression_sums)
+from mpisgd.report.metrics import (
+    classification_sums,
+    finish_classification,
+    finish_regression,
+    regression_sums,
+)
 
 
 def test_regression_sums_split_across_ranks():

@@ -6,8 +6,14 @@ import pytest
 from sklearn import metrics as skm
 
 from mpisgd.data.partition import block_range, fold_of
-from mpisgd.report.metrics import (AUC_BINS, auc_error_bound, classification_sums,
-    classification_width, finish_classification, score_histograms)
+from mpisgd.report.metrics import (
+    AUC_BINS,
+    auc_error_bound,
+    classification_sums,
+    classification_width,
+    finish_classification,
+    score_histograms,
+)
 
 
 def _scores(kind: str, rng, n: int = 20000):

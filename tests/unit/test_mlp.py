@@ -316,7 +316,7 @@ def test_digits_end_to_end_against_sklearn():
     grad, velocity = np.empty_like(theta), np.zeros_like(theta)
     mask = K.spec_l2_mask(spec)
     lr, momentum, l2, batch = 0.05, 0.9, 1e-4, 32
-    for epoch in range(30):
+    for _ in range(30):
         order = rng.permutation(len(X_tr))
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]

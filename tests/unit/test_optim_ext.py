@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from mpisgd.config import OptimizerConfig
-from mpisgd.optim import (SGD, Adagrad, Adam, AdamW, clip_factor, learning_rate,
-    make_optimizer, sq_norm)
+from mpisgd.optim import (
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    clip_factor,
+    learning_rate,
+    make_optimizer,
+    sq_norm,
+)
 
 N_STEPS = 50
 

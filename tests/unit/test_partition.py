@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
-from mpisgd.data.partition import (block_range, epoch_permutation, holdout_mask,
-    local_schedule, steps_per_epoch)
+from mpisgd.data.partition import (
+    block_range,
+    epoch_permutation,
+    holdout_mask,
+    local_schedule,
+    steps_per_epoch,
+)
 
 
 @pytest.mark.parametrize("n, size", [(10, 1), (10, 3), (1003, 4), (7, 7), (1000, 8)])
@@ -43,7 +48,8 @@ def test_every_row_once_and_global_batches_match(n, size, batch):
     seen = np.concatenate([np.array(s, dtype=np.int64) for s in per_step])
     np.testing.assert_array_equal(np.sort(seen), np.arange(n))
     for t in range(spe):  # step t's rows are the same global minibatch at any size
-        np.testing.assert_array_equal(np.sort(per_step[t]), np.sort(perm[t * batch:(t + 1) * batch]))
+        expected = np.sort(perm[t * batch:(t + 1) * batch])
+        np.testing.assert_array_equal(np.sort(per_step[t]), expected)
 
 
 def test_permutation_depends_on_seed_and_epoch_only():

@@ -3,13 +3,12 @@ the Markdown table, and the message when matplotlib is missing. One process, no 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 import subprocess
 import sys
 from pathlib import Path
-
-import importlib.util
 
 import pytest
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from mpisgd.runtime import supervise
 from mpisgd.comm import watchdog
+from mpisgd.runtime import supervise
 
 
 @pytest.fixture

@@ -1,21 +1,21 @@
-"""The one strict, typed job configuration: TOML file < --set overrides < validation.
+"""The job's keys: every key declared once, with its type, constraint, default and doc.
 
-Every key is declared once below with its type and constraint. An unknown key is an
-error naming the nearest valid key; every value is checked before any rank talks to
-another, so all ranks (which read the same file) fail identically and early.
+Sections are ordinary dataclasses while a job is built and frozen once it is validated
+(:func:`mpisgd.config.freeze`): a run never changes its job; what a run decides for
+itself (placement switched to streaming, a rolled-back learning rate) is recorded beside
+the job, see :mod:`mpisgd.context`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mpisgd.errors import ConfigError
+from mpisgd.models import ACTIVATIONS, MAX_HIDDEN_LAYERS, NAMES
 
 # ---------------------------------------------------------------------------------
 # Constraints. Each returns the (possibly converted) value or raises ConfigError with
@@ -80,6 +80,19 @@ class Check:
         return value
 
 
+class Section:
+    """A config section: assignable while the job is built, read-only once frozen."""
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen:
+            raise dataclasses.FrozenInstanceError(
+                f"the job configuration is frozen after validation; cannot set "
+                f"'{name}' (mpisgd.config.replace makes a changed copy)")
+        object.__setattr__(self, name, value)
+
+
 def _f(default, check: Check, doc: str):
     """A config field: its default, its constraint and a one-line doc."""
     if isinstance(default, list):
@@ -93,26 +106,27 @@ POS = Check("float", lo=0.0, lo_open=True)
 NONNEG = Check("float", lo=0.0)
 PATH = Check("path")
 
-DEFAULT_JOB = Path(__file__).with_name("default_job.toml")
+DEFAULT_JOB = Path(__file__).parent.parent / "default_job.toml"
 MODES = ("allreduce", "local", "ps")
-MODEL_NAMES = ("linear", "logistic", "softmax", "mlp")
+MODEL_NAMES = NAMES
 SYNTH_KINDS = ("linear", "logistic", "multiclass")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw")
 SCHEDULES = ("constant", "invscaling", "step", "cosine")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     name: str = _f("linear", Check("choice", choices=MODEL_NAMES), "model family")
     l2: float = _f(0.0, NONNEG, "L2 penalty 0.5*l2*sum(w**2) on weights, not biases")
     l1: float = _f(0.0, NONNEG, "L1 penalty l1*sum(abs(w)) on weights (a proximal step); "
                                 "with l2: elastic net")
-    hidden: list = _f([64], Check("int_list"), "mlp: hidden layer widths (1 to 3 layers)")
-    activation: str = _f("relu", Check("choice", choices=("relu", "tanh")), "mlp: activation")
+    hidden: list = _f([64], Check("int_list"),
+                      f"mlp: hidden layer widths (1 to {MAX_HIDDEN_LAYERS} layers)")
+    activation: str = _f("relu", Check("choice", choices=ACTIVATIONS), "mlp: activation")
 
 
 @dataclass
-class SynthConfig:
+class SynthConfig(Section):
     kind: str = _f("linear", Check("choice", choices=SYNTH_KINDS), "generator")
     rows: int = _f(100_000, INT1, "rows to generate")
     features: int = _f(20, INT1, "feature count")
@@ -124,7 +138,7 @@ class SynthConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     train: str = _f("", PATH, "HDF5 shard file or folder; empty: generate [data.synth]")
     test: str = _f("", PATH, "held-out HDF5 data; empty: use test_fraction of train")
     test_fraction: float = _f(0.2, Check("float", lo=0.0, hi=1.0, hi_open=True),
@@ -152,7 +166,7 @@ class DataConfig:
 
 
 @dataclass
-class OptimizerConfig:
+class OptimizerConfig(Section):
     name: str = _f("sgd", Check("choice", choices=OPTIMIZERS), "update rule")
     lr: float = _f(0.1, POS, "base learning rate")
     momentum: float = _f(0.0, Check("float", lo=0.0, hi=1.0, hi_open=True), "heavy-ball momentum")
@@ -171,7 +185,7 @@ class OptimizerConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     epochs: int = _f(5, INT1, "passes over the training rows")
     batch_size: int = _f(256, INT0, "GLOBAL minibatch (all ranks together); 0 = full batch (GD)")
     seed: int = _f(0, INT0, "seed for shuffling and initialisation")
@@ -200,7 +214,7 @@ class TrainConfig:
 
 
 @dataclass
-class PSConfig:
+class PSConfig(Section):
     servers: int = _f(1, INT1, "server ranks (1: rank 0 serves)")
     placement: str = _f("first", Check("choice", choices=("first", "spread")),
                         "servers are ranks 0..N-1, or spread evenly (one per node)")
@@ -217,7 +231,7 @@ class PSConfig:
 
 
 @dataclass
-class CommConfig:
+class CommConfig(Section):
     allreduce: str = _f("auto", Check("choice", choices=("auto", "flat", "hierarchical")),
                         "gradient reduction: flat MPI Allreduce, or node-local shared "
                         "memory + leaders; auto picks by topology and size")
@@ -231,14 +245,14 @@ class CommConfig:
 
 
 @dataclass
-class TopologyConfig:
+class TopologyConfig(Section):
     ranks_per_node: int = _f(0, INT0, "split the ranks into emulated nodes of this many "
                                       "consecutive ranks (0: real nodes; the environment "
                                       "variable MPISGD_RANKS_PER_NODE when 0)")
 
 
 @dataclass
-class CheckpointConfig:
+class CheckpointConfig(Section):
     every_steps: int = _f(0, INT0, "write a checkpoint every N global steps (0: off)")
     every_seconds: float = _f(0.0, NONNEG, "... and/or every N seconds of training (0: off)")
     keep: int = _f(3, INT1, "keep the newest K checkpoints")
@@ -246,7 +260,7 @@ class CheckpointConfig:
 
 
 @dataclass
-class OutputConfig:
+class OutputConfig(Section):
     dir: str = _f("", PATH, "run folder; empty: a new folder under runs/")
     progress: str = _f("auto", Check("choice", choices=("auto", "bar", "lines", "none")),
                        "rank-0 progress: bar on a terminal, lines otherwise")
@@ -254,7 +268,7 @@ class OutputConfig:
 
 
 @dataclass
-class DebugConfig:
+class DebugConfig(Section):
     trace_rows: bool = _f(False, Check("bool"), "write the global row ids each rank used")
     fail_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank raises ...")
     fail_step: int = _f(-1, Check("int", lo=-1), "... at this step")
@@ -278,7 +292,7 @@ class DebugConfig:
 
 
 @dataclass
-class JobConfig:
+class JobConfig(Section):
     name: str = _f("job", Check("str"), "job name, used in run-folder names")
     mode: str = _f("allreduce", Check("choice", choices=MODES), "training mode")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -294,203 +308,3 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------
-# Loading and merging
-
-
-def _is_section(f: dataclasses.Field) -> bool:
-    return "check" not in f.metadata
-
-
-def _apply(obj: Any, data: dict, prefix: str, base_dir: Path | None) -> None:
-    fields = {f.name: f for f in dataclasses.fields(obj)}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        f = fields.get(key)
-        if f is None:
-            raise ConfigError(_unknown_key_message(dotted, prefix, list(fields)))
-        if _is_section(f):
-            if not isinstance(value, dict):
-                raise ConfigError(f"'{dotted}' is a section ([{dotted}]); got {value!r}.")
-            _apply(getattr(obj, key), value, dotted + ".", base_dir)
-            continue
-        value = f.metadata["check"](dotted, value)
-        if f.metadata["check"].kind == "path" and value and base_dir is not None:
-            p = Path(value).expanduser()
-            value = str(p if p.is_absolute() else (base_dir / p))
-        setattr(obj, key, value)
-
-
-def _unknown_key_message(dotted: str, prefix: str, valid: list[str]) -> str:
-    key = dotted[len(prefix):]
-    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f" Did you mean '{prefix}{near[0]}'?" if near else ""
-    where = f"section [{prefix[:-1]}]" if prefix else "the top level"
-    return (f"Unknown key '{dotted}' in {where}.{hint} "
-            f"Valid keys: {', '.join(sorted(valid))}.")
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=VALUE`` -> (["a", "b"], value); VALUE is read as TOML, else as a bare string."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got {text!r}.")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set expects key=value with a dotted key, got {text!r}.")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
-    return key.split("."), value
-
-
-def load_config(path: str | None = None, overrides: list[str] = (), *,
-                out: str | None = None) -> JobConfig:
-    """Build the job: defaults < TOML file < ``--set`` overrides < ``--out``.
-
-    Relative data paths in a file are taken relative to the file's folder, those in
-    overrides relative to the working directory. Raises ConfigError.
-    """
-    cfg = JobConfig()
-    p = Path(path) if path is not None else DEFAULT_JOB
-    if not p.is_file():
-        raise ConfigError(f"job file '{p}' does not exist.")
-    try:
-        with p.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"job file '{p}' is not valid TOML: {exc}.") from None
-    except OSError as exc:
-        raise ConfigError(f"job file '{p}' cannot be read: {exc.strerror}.") from None
-    if "name" not in data:
-        cfg.name = p.stem
-    _apply(cfg, data, "", p.resolve().parent)
-    for text in overrides:
-        keys, value = parse_override(text)
-        nested: dict = value
-        for k in reversed(keys):
-            nested = {k: nested}
-        _apply(cfg, nested, "", Path.cwd())
-    if out:
-        cfg.output.dir = str(Path(out).expanduser().resolve())
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg: JobConfig) -> None:
-    """Cross-field rules that single-key checks cannot see."""
-    if cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.0:
-        raise ConfigError("optimizer.nesterov = true needs optimizer.momentum > 0.")
-    if not cfg.data.train and cfg.data.test:
-        raise ConfigError("data.test is set but data.train is empty; give both or neither.")
-    if cfg.ps.backup_workers and cfg.ps.consistency != "bsp":
-        raise ConfigError(f"ps.backup_workers applies to ps.consistency = 'bsp' only; "
-                          f"got '{cfg.ps.consistency}'.")
-    if (cfg.mode == "ps" and cfg.optimizer.clip_norm and cfg.ps.servers > 1
-            and cfg.ps.consistency != "bsp"):
-        raise ConfigError("optimizer.clip_norm with several servers needs ps.consistency = "
-                          "'bsp': the global norm sums every server's part of one step.")
-    if cfg.train.patience and cfg.mode == "ps":
-        raise ConfigError("train.patience (early stopping) needs per-epoch held-out "
-                          "metrics, which mode = 'ps' does not compute; use allreduce.")
-    if cfg.comm.compression != "none" and cfg.comm.allreduce == "hierarchical":
-        raise ConfigError("comm.compression exchanges compressed gradients between all "
-                          "ranks; it does not combine with comm.allreduce = 'hierarchical' "
-                          "(use 'auto' or 'flat').")
-    if cfg.train.sync_every > 1 and cfg.mode == "ps":
-        raise ConfigError("train.sync_every (local SGD) applies to mode = 'allreduce'; the "
-                          "parameter server has ps.consistency = 'asp' or 'ssp' instead.")
-    if cfg.train.sync_every > 1 and cfg.comm.compression != "none":
-        raise ConfigError("train.sync_every > 1 averages parameters, not gradients; do not "
-                          "combine it with comm.compression.")
-    if cfg.data.placement == "partition" and cfg.data.assign != "static":
-        raise ConfigError(f"data.assign = '{cfg.data.assign}' hands chunks to any worker, so "
-                          f"workers must read storage: set data.placement = 'storage' "
-                          f"(data.placement = 'partition' keeps each worker's own block).")
-    if cfg.data.placement == "server" and cfg.mode != "ps":
-        raise ConfigError("data.placement = 'server' has the parameter servers hold the data; "
-                          "it needs mode = 'ps'.")
-    if cfg.data.placement != "partition" and cfg.data.folds:
-        raise ConfigError(f"data.placement = '{cfg.data.placement}' does not support "
-                          f"data.folds (use 'partition').")
-    if cfg.train.on_divergence == "rollback" and cfg.mode == "ps":
-        raise ConfigError("train.on_divergence = 'rollback' needs mode = 'allreduce': in ps "
-                          "mode only the server of a key range sees a NaN, and the job "
-                          "stops (exit code 4 is not reached: the server aborts the job).")
-    if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
-        raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
-    if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):
-        raise ConfigError(f"data.folds must be 0 or at least 2, and data.fold below it; got "
-                          f"folds = {cfg.data.folds}, fold = {cfg.data.fold}.")
-    if cfg.data.folds and cfg.data.test:
-        raise ConfigError("data.folds holds out a fold of data.train; do not also set data.test.")
-    if not 1 <= len(cfg.model.hidden) <= 3:
-        raise ConfigError(f"The 'model.hidden' parameter must list 1 to 3 layer widths. "
-                          f"Got {cfg.model.hidden} instead.")
-    if (cfg.data.synth.kind == "multiclass" and not cfg.data.train
-            and cfg.model.name not in ("softmax", "mlp")):
-        raise ConfigError(f"synthetic multiclass data needs model.name = 'softmax', "
-                          f"got '{cfg.model.name}'.")
-
-
-# ---------------------------------------------------------------------------------
-# Writing the resolved job back as TOML (for config.toml in the run folder).
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {type(v).__name__} as TOML")
-
-
-def to_toml(cfg: JobConfig) -> str:
-    lines: list[str] = []
-
-    def emit(d: dict, prefix: str) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
-        tables = {k: v for k, v in d.items() if isinstance(v, dict)}
-        if prefix:
-            lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in scalars.items())
-        for k, v in tables.items():
-            emit(v, f"{prefix}.{k}" if prefix else k)
-
-    emit(cfg.to_dict(), "")
-    return "\n".join(lines).lstrip() + "\n"
-
-
-def reference_markdown() -> str:
-    """docs/jobs.md: every key with its default, constraint and meaning (tests keep it current)."""
-    lines = ["# Job file reference", "",
-             "Generated from `mpisgd/config.py` by `python -c \"import mpisgd.config as c; "
-             "print(c.reference_markdown(), end='')\" > docs/jobs.md`; a test checks it is "
-             "current. Unknown keys are errors. Override any key on the command line with "
-             "`--set section.key=value` (the value is read as TOML: strings may be quoted).",
-             ""]
-
-    def walk(obj: Any, prefix: str) -> None:
-        rows = []
-        for f in dataclasses.fields(obj):
-            if _is_section(f):
-                continue
-            default = getattr(obj, f.name)
-            rows.append(f"| `{prefix}{f.name}` | `{_toml_value(default)}` | "
-                        f"{f.metadata['check'].describe()} | {f.metadata['doc']} |")
-        title = f"[{prefix[:-1]}]" if prefix else "top level"
-        lines.extend([f"## {title}", "", "| key | default | allowed | meaning |",
-                      "|---|---|---|---|", *rows, ""])
-        for f in dataclasses.fields(obj):
-            if _is_section(f):
-                walk(getattr(obj, f.name), f"{prefix}{f.name}.")
-
-    walk(JobConfig(), "")
-    return "\n".join(lines)

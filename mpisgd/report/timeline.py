@@ -9,9 +9,10 @@ run cannot exhaust memory; the file says when the cap was hit.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from mpisgd.store.atomic import write_text
 
 MAX_EVENTS = 200_000
 
@@ -54,7 +55,5 @@ class Timeline:
                 events.append({"name": f"{dropped} spans not recorded (cap {MAX_EVENTS})",
                                "ph": "i", "s": "p", "ts": 0, "pid": rank, "tid": 0})
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
-        os.replace(tmp, path)
+        write_text(path, json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
         return path

@@ -1,0 +1,40 @@
+"""``mpisgd info``: versions of everything that decides how mpisgd runs here.
+
+Imports numba: the caller sets numba's cache folder first (see :mod:`mpisgd.cli`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import h5py
+import mpi4py
+import numba
+import numpy
+from mpi4py import MPI
+
+from mpisgd import __version__
+
+
+def main(argv: list[str]) -> int:
+    """Print one line per component on rank 0 (any rank may run it)."""
+    lib = MPI.Get_library_version().strip().splitlines()[0]
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet: report what numba would pick
+        layer = f"not yet chosen (config: {numba.config.THREADING_LAYER})"
+    rows = [("mpisgd", __version__), ("python", sys.version.split()[0]),
+            ("mpi4py", mpi4py.__version__), ("MPI library", lib),
+            ("MPI standard", "%d.%d" % MPI.Get_version()),
+            ("world size", str(MPI.COMM_WORLD.Get_size())),
+            ("numpy", numpy.__version__), ("numba", numba.__version__),
+            ("numba threading layer", layer),
+            ("numba threads", str(numba.get_num_threads())),
+            ("numba cache", os.environ.get("NUMBA_CACHE_DIR", "")),
+            ("h5py", h5py.__version__), ("HDF5", h5py.version.hdf5_version)]
+    if MPI.COMM_WORLD.Get_rank() == 0:
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
+            print(f"{k:<{width}}  {v}")
+    return 0

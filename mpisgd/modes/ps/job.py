@@ -1,0 +1,182 @@
+"""A parameter-server job: split the ranks into servers and workers, run each side's loop,
+give every rank the final parameters, summarise the run.
+
+Servers hold contiguous key ranges of the parameters and the optimizer state for
+them (``server.py``); workers compute gradients and push them (``worker.py``); when
+a server applies and answers pushes is the consistency policy's (``consistency.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+from mpi4py import MPI
+
+from mpisgd.comm.nodegroup import NodeGroup
+from mpisgd.comm.p2p import HEADER_SLOTS, assemble
+from mpisgd.comm.roles import key_range
+from mpisgd.comm.shm import no_shm_reason, shm_possible, warn_no_shm
+from mpisgd.context import Context
+from mpisgd.errors import ConfigError, Interrupted
+from mpisgd.modes.batches import make_batches
+from mpisgd.modes.common import gradient_codec, make_plan, write_trace
+from mpisgd.modes.ps.server import Server
+from mpisgd.modes.ps.worker import Worker
+from mpisgd.optim import slice_state
+from mpisgd.report.memory import node_memory
+
+
+def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
+        opt_state: dict | None = None) -> dict:
+    """Collective over the world: train ``theta`` in place; return run statistics.
+
+    Server ranks run the server loop, the others the worker loop; at the end every
+    rank receives the final parameters from the servers. Raises Interrupted (agreed)
+    after a checkpoint when a signal stopped training.
+    """
+    world, rank, roles = ctx.topo.world, ctx.topo.rank, ctx.roles
+    n_servers = len(roles.servers)
+    ranges = [key_range(ctx.n_params, n_servers, s) for s in range(n_servers)]
+    server_comm = world.Split(0 if roles.is_server(rank) else MPI.UNDEFINED, rank)
+    t_train = time.perf_counter()
+    group, pushers = node_groups(ctx, theta)
+    plan = make_batches(ctx, make_plan(ctx))
+    if len(pushers) <= ctx.cfg.ps.backup_workers:   # the same list on every rank
+        raise ConfigError(f"ps.backup_workers = {ctx.cfg.ps.backup_workers} must be smaller "
+                          f"than the number of ranks that push gradients ({len(pushers)}: "
+                          f"one per node with ps.node_aggregate).", agreed=True)
+    if roles.is_server(rank):
+        stats, mine, memory, data = _serve(ctx, theta, ranges, server_comm, start_step,
+                                           opt_state, pushers, plan)
+    else:
+        stats, mine, memory = _work(ctx, theta, ranges, start_step, plan, group)
+        data = None
+    plan.close()   # collective (the balanced counter's window)
+    ctx.data_report = plan.report()
+    if data is not None:
+        ctx.data_report = {"served_bytes": data.sent_bytes, **data.report,
+                           "skipped": data.skipped}
+    for key in ("bytes_sent", "bytes_received"):
+        ctx.counters[key] += stats[key]
+    out, counters = _finish(ctx, theta, mine, ranges, stats, start_step, t_train)
+    if ctx.cfg.comm.compression != "none":
+        out["compression"] = _compression(ctx, ranges, theta.itemsize)
+    if rank == 0:
+        out["ps"] = _summarise(counters, roles, ctx.cfg.ps)
+        out["ps"]["pushers"] = list(pushers)
+        out["memory"] = memory
+    return out
+
+
+def _serve(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], server_comm,
+           start_step: int, opt_state: dict | None, pushers: tuple[int, ...], plan):
+    """Server ranks only: (statistics, this server's slice, memory report, its data server)."""
+    index = ctx.roles.server_index(ctx.topo.rank)
+    lo, hi = ranges[index]
+    t_init = time.perf_counter()
+    server = Server(ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
+                    slice_state(opt_state, lo, hi), pushers, plan)
+    ctx.timers["setup"] += time.perf_counter() - t_init
+    memory = node_memory(ctx.topo, server.held_bytes())
+    stats = server.run()
+    server_comm.Free()
+    if ctx.cfg.debug.trace_rows:
+        write_trace(ctx, [])   # collective: servers take part with no rows
+    return stats, server.theta, memory, server.data
+
+
+def _work(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], start_step: int,
+          plan, group: NodeGroup | None):
+    """Worker ranks only: (statistics, an empty slice, memory report)."""
+    worker = Worker(ctx, theta, ranges, start_step, plan, group)
+    memory = node_memory(ctx.topo, worker.held_bytes())
+    stats = worker.run()
+    if group is not None:
+        group.free()
+    return stats, np.empty(0, dtype=theta.dtype), memory
+
+
+def _finish(ctx: Context, theta: np.ndarray, mine: np.ndarray, ranges: list[tuple[int, int]],
+            stats: dict, start_step: int, t_train: float) -> tuple[dict, list[dict]]:
+    """Collective over the world: every rank gets the final parameters and rank 0's
+    statistics; (the run statistics, every rank's counters on rank 0)."""
+    world, roles = ctx.topo.world, ctx.roles
+    t_tail = time.perf_counter()   # assembling the result and the counters: communication
+    owners = {r: ranges[i] for i, r in enumerate(roles.servers)}
+    assemble(world, theta, mine, owners)
+    counters = world.gather(stats, root=0)
+    head = world.bcast(stats if ctx.topo.rank == 0 else None, root=0)
+    ctx.timers["comm"] += time.perf_counter() - t_tail
+    train_time = time.perf_counter() - t_train
+    if world.allreduce(stats["interrupted"], op=MPI.MAX):
+        raise Interrupted(f"stopped by a signal at step {head['version']}; checkpoint "
+                          f"written to {head['checkpoint']}; rerun with --resume auto "
+                          f"--out {ctx.run_dir} to continue.", agreed=True)
+    out = {"epochs": head["epochs"], "steps": head["version"], "start_step": start_step,
+           "steps_per_epoch": head["steps_per_epoch"], "global_batch": head["batch"],
+           "samples": head["samples"], "train_time_s": train_time}
+    return out, counters
+
+
+def _compression(ctx: Context, ranges: list[tuple[int, int]], itemsize: int) -> dict:
+    head = HEADER_SLOTS * 8   # a push is one message: header + payload
+    dense = sum(head + (hi - lo) * itemsize for lo, hi in ranges)
+    sent = sum(head + gradient_codec(ctx, hi - lo).nbytes for lo, hi in ranges)
+    return {"scheme": ctx.cfg.comm.compression,
+            "bytes_per_push_dense": dense, "bytes_per_push_sent": sent,
+            "ratio": dense / sent, "error_feedback": ctx.cfg.comm.error_feedback}
+
+
+def _summarise(counters: list[dict], roles, ps_cfg) -> dict:
+    servers = [counters[r] for r in roles.servers]
+    staleness, lead = Counter(), Counter()
+    for s in servers:
+        staleness.update(s["staleness"])
+        lead.update(s["lead"])
+    return {
+        "consistency": ps_cfg.consistency, "servers": list(roles.servers),
+        "workers": list(roles.workers),
+        "updates_per_server": [s["updates"] for s in servers],
+        "gradients_dropped": sum(s["dropped"] for s in servers),
+        "dropped_per_worker": _sum_dicts(s["dropped_from"] for s in servers),
+        "staleness_histogram": {str(k): v for k, v in sorted(staleness.items())},
+        # ssp: (step a worker was allowed to start) - (steps the slowest had completed)
+        "ssp_lead_histogram": {str(k): v for k, v in sorted(lead.items())},
+        "ssp_max_lead": max(lead) if lead else None,
+        "bytes_sent": [c["bytes_sent"] for c in counters],
+        "bytes_received": [c["bytes_received"] for c in counters],
+        "worker_steps": {str(r): counters[r]["steps_done"] for r in roles.workers},
+    }
+
+
+def _sum_dicts(dicts) -> dict:
+    total = Counter()
+    for d in dicts:
+        total.update(d)
+    return {str(k): v for k, v in sorted(total.items())}
+
+
+def node_groups(ctx: Context, theta: np.ndarray) -> tuple[NodeGroup | None, tuple[int, ...]]:
+    """Collective over the world: this worker's node group (None without aggregation)
+    and the ranks that push to the servers (every worker, or one per node group).
+
+    A node whose workers cannot share memory (``MPISGD_NO_SHM``) does not aggregate:
+    its workers push on their own, with a warning; the servers learn who pushes.
+    """
+    topo, roles = ctx.topo, ctx.roles
+    worker = not roles.is_server(topo.rank)
+    aggregate = ctx.cfg.ps.node_aggregate and worker
+    comm = topo.world.Split(topo.node_index if aggregate else MPI.UNDEFINED, topo.rank)
+    group = None
+    if comm != MPI.COMM_NULL:
+        if comm.Get_size() > 1 and shm_possible(comm):
+            group = NodeGroup(comm, theta)
+        else:
+            if comm.Get_size() > 1:
+                warn_no_shm(comm, no_shm_reason())
+            comm.Free()
+    pusher = worker and (group is None or group.leader)
+    pushers = tuple(r for r, p in enumerate(topo.world.allgather(pusher)) if p)
+    return group, pushers

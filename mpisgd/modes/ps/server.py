@@ -1,0 +1,357 @@
+"""The parameter server's event loop: receive pushes, apply updates, answer, checkpoint.
+
+A server holds a contiguous key range of the parameters and the optimizer state for it.
+Every consistency decision (which pushes make a step, which answers are held back, when
+an answer says stop) is the policy's (``consistency.py``); this module does the messages,
+the arithmetic, the checkpoints, the epoch lines and the stall watchdog.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+from mpi4py import MPI
+
+from mpisgd.comm import abort_job
+from mpisgd.comm.p2p import (
+    F_INTERRUPTED,
+    F_LAST,
+    F_LEAVE,
+    F_SIGNAL,
+    F_STOP,
+    H_BASE,
+    H_COUNT,
+    H_FLAGS,
+    H_LOSS,
+    H_STEP,
+    H_VERSION,
+    TAG_PUSH,
+    TAG_REPLY,
+    Message,
+    Poller,
+)
+from mpisgd.context import Context
+from mpisgd.modes.common import Hooks, Saver, check_finite, finish_gradient, gradient_codec
+from mpisgd.modes.dataserve import DataServer
+from mpisgd.modes.ps.consistency import Action, make_consistency
+from mpisgd.optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
+from mpisgd.runtime import signals
+from mpisgd.runtime.log import warn
+from mpisgd.runtime.progress import Progress
+from mpisgd.store import runfolder
+
+
+class EpochLog:
+    """Rank 0 turns applied updates into epoch lines in metrics.jsonl (and the progress
+    bar); other ranks keep nothing."""
+
+    def __init__(self, ctx: Context, plan, n_workers: int, bsp: bool):
+        self.ctx, self.plan, self.bsp = ctx, plan, bsp
+        self.enabled = ctx.topo.rank == 0
+        self.progress = Progress(ctx.cfg.output.progress, plan.total, self.enabled)
+        # An epoch is steps_per_epoch updates (bsp) or pushes of every worker (asp/ssp).
+        self.per_epoch = plan.steps_per_epoch * (1 if bsp else n_workers)
+        self.n_workers = n_workers
+        self.loss, self.rows, self.pushes, self.epochs = 0.0, 0, 0, 0
+        self.t_epoch = time.perf_counter()
+
+    def add(self, loss_sum: float, count: int, counters: dict) -> None:
+        """One applied update (``counters``: the server's, for the epoch line)."""
+        if not self.enabled:
+            return
+        self.loss += loss_sum
+        self.rows += count
+        self.pushes += 1
+        steps = self.pushes if self.bsp else self.pushes // self.n_workers
+        self.progress.update(min(steps, self.plan.total), loss_sum / max(count, 1))
+        if self.pushes % self.per_epoch == 0:
+            self.epochs += 1
+            record = {"epoch": self.epochs, "step": steps,
+                      "train_loss": self.loss / max(self.rows, 1),
+                      "epoch_time_s": time.perf_counter() - self.t_epoch,
+                      "updates": counters["updates"], "dropped": counters["dropped"]}
+            t0 = time.perf_counter()
+            runfolder.append_metrics(self.ctx.run_dir, record)
+            self.progress.epoch_line(record, self.ctx.cfg.train.epochs)
+            self.ctx.timers["log"] += time.perf_counter() - t0
+            self.loss, self.rows, self.t_epoch = 0.0, 0, time.perf_counter()
+
+
+class Server:
+    """Server ranks only: hold a key range and its optimizer state; serve the workers."""
+
+    def __init__(self, ctx: Context, theta: np.ndarray, lo: int, hi: int, index: int, comm,
+                 start: int, opt_state: dict | None, workers: tuple[int, ...], plan):
+        cfg = ctx.cfg
+        self.ctx, self.cfg, self.theta, self.lo, self.hi = ctx, cfg, theta, lo, hi
+        self.index, self.comm = index, comm   # comm: the servers' own communicator
+        self.workers = workers   # the ranks that push: every worker, or a leader per node
+        self.plan = plan   # steps per epoch and in all
+        self.bsp = cfg.ps.consistency == "bsp"
+        self.policy = make_consistency(cfg.ps.consistency, len(workers), plan.total, start,
+                                       cfg.ps.backup_workers, cfg.ps.staleness)
+        self.mask = ctx.l2_mask[lo:hi]
+        self.optimizer = make_optimizer(cfg.optimizer, hi - lo, theta.dtype, decay_mask=self.mask)
+        if opt_state:
+            self.optimizer.load_state(opt_state)
+        self.saver = Saver(ctx)
+        self.hooks = Hooks(cfg.debug, ctx.topo.rank, ctx.nan_fired)
+        self.checkpoint_path = None
+        # Pushes arrive encoded when comm.compression is on (outbox: replies stay dense).
+        self.codec = gradient_codec(ctx, hi - lo)
+        self.inbox = [Message(hi - lo, theta.dtype) if self.codec is None
+                      else Message(self.codec.nbytes, np.uint8) for _ in workers]
+        self.outbox = [Message(hi - lo, theta.dtype) for _ in workers]
+        self.sends = [MPI.REQUEST_NULL] * len(workers)
+        self.recvs = [MPI.REQUEST_NULL] * len(workers)
+        every = self.saver.every_steps
+        # asp/ssp: the next periodic checkpoint, at a multiple of checkpoint.every_steps.
+        self.next_save = (start // every + 1) * every if every else None
+        self.acc = np.zeros(hi - lo, dtype=theta.dtype)
+        self.scratch = np.zeros(hi - lo, dtype=theta.dtype)
+        self.counters = {"updates": 0, "dropped": 0, "dropped_from": Counter(),
+                         "staleness": Counter(), "bytes_sent": 0, "bytes_received": 0}
+        self.log = EpochLog(ctx, plan, len(workers), self.bsp)
+        self.samples = 0
+        self.warned = False
+        self.poller = Poller(cfg.ps.poll_max_us * 1e-6, self._watchdog)
+        # Server placement: this server's part of the dataset, served to the workers.
+        self.data = (DataServer(ctx, index, len(ctx.roles.servers), plan.table)
+                     if cfg.data.placement == "server" else None)
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes of parameters, optimizer state and buffers this server allocated."""
+        state = sum(v.nbytes for k, v in self.optimizer.state().items() if k != "step")
+        boxes = sum(m.nbytes for m in self.inbox + self.outbox) + self.acc.nbytes
+        return {"params": self.theta.nbytes, "optimizer_state": state, "buffers": boxes}
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> dict:
+        policy = self.policy
+        for i in range(len(self.workers)):
+            self._repost(i)
+        timers = self.ctx.timers
+        while not policy.finished():
+            self.hooks.signal_at(policy.version)
+            t0 = time.perf_counter()
+            done = self._wait()
+            t1 = time.perf_counter()
+            for i in done:
+                policy.on_push(i, int(self.inbox[i].ints[H_STEP]))
+                self.counters["bytes_received"] += self.inbox[i].nbytes
+            leaving = [i for i in done if self.inbox[i].ints[H_FLAGS] & F_LEAVE]
+            for i in leaving:   # no gradient: answered with stop alone (see Worker._leave)
+                self._send(i, policy.leave(i))
+            done = [i for i in done if i not in leaving]
+            if self.bsp:
+                self._bsp()
+            else:
+                for i in done:
+                    self._async(i)
+                for i in policy.released():
+                    self._answer(i)
+                self._periodic_async()
+            timers["comm"] += t1 - t0
+            timers["compute"] += time.perf_counter() - t1
+            self.ctx.timeline.add("wait", t0, t1)
+            self.ctx.timeline.add("apply+reply", t1, time.perf_counter())
+        return self._finish()
+
+    def _wait(self) -> list[int]:
+        """The workers whose pushes arrived (waiting for at least one)."""
+        if self.data is None:
+            return self.poller.wait_some(self.recvs)
+        # data requests are answered as they come, between pushes
+        n = len(self.workers)
+        done = self.poller.wait_some(self.recvs + self.data.recvs)
+        for i in [i - n for i in done if i >= n]:
+            self.data.serve(i)
+        return [i for i in done if i < n]
+
+    def _finish(self) -> dict:
+        """After the last answer: final checkpoint (asp/ssp) and the server's statistics."""
+        policy = self.policy
+        MPI.Request.Waitall(self.sends)
+        if self.data is not None:
+            self.data.finish(self.poller)
+            self.counters["bytes_sent"] += self.data.sent_bytes
+        if not self.bsp:
+            # At the end (of training, or after a signal) all servers checkpoint together
+            # at the step the slowest worker completed.
+            policy.interrupted = bool(self.comm.allreduce(policy.interrupted, op=MPI.MAX))
+            if policy.interrupted or (self.saver.enabled and self.cfg.checkpoint.final):
+                self._save("signal" if policy.interrupted else "final")
+        self.log.progress.close()
+        return {**self.counters, "dropped_from": dict(self.counters["dropped_from"]),
+                "staleness": dict(self.counters["staleness"]),
+                "lead": dict(policy.lead), "version": policy.version,
+                "epochs": self.log.epochs, "steps_per_epoch": self.plan.steps_per_epoch,
+                "batch": self.plan.batch, "samples": self.samples, "steps_done": 0,
+                "interrupted": policy.interrupted, "checkpoint": str(self.checkpoint_path)}
+
+    # -- consistency models -----------------------------------------------------------
+    def _bsp(self) -> None:
+        """Drop late pushes; apply the current step once enough workers have pushed it."""
+        policy = self.policy
+        for i in policy.late():
+            self.counters["dropped"] += 1
+            self.counters["dropped_from"][self.workers[i]] += 1
+            self._answer(i)
+        while (ready := policy.ready()) is not None:
+            acc = self.acc
+            acc[:] = 0
+            for i in ready:   # worker order: the same sum on every run
+                self._add_push(i, acc)
+            count = sum(int(self.inbox[i].ints[H_COUNT]) for i in ready)
+            loss = sum(float(self.inbox[i].floats[H_LOSS]) for i in ready)
+            self._apply(acc, count, loss, policy.version)
+            policy.step_complete()
+            self._maybe_checkpoint(any(self.inbox[i].ints[H_FLAGS] & F_SIGNAL for i in ready))
+            for i in ready:
+                self._answer(i)
+            if policy.interrupted:
+                return
+
+    def _maybe_checkpoint(self, flagged: bool) -> None:
+        """bsp, after each step: the servers agree on checkpointing and stopping."""
+        version = self.policy.version
+        stop = flagged or signals.requested()
+        vote = self.saver.time_due()
+        if self.comm.Get_size() > 1:   # one tiny collective among servers per step
+            stop, vote = self.comm.allreduce((stop, vote), op=_max_pair)
+        final = version == self.plan.total and self.saver.enabled and self.cfg.checkpoint.final
+        if stop or self.saver.due(version, bool(vote)) or final:
+            self.policy.interrupted = bool(stop)
+            self._save("signal" if stop else "periodic")
+
+    def _periodic_async(self) -> None:
+        """asp/ssp: checkpoint when the slowest worker completes a multiple of
+        checkpoint.every_steps.
+
+        Every worker pushes every step to every server, so each server sees the slowest
+        worker's clock pass each multiple exactly once and in order: the servers meet in
+        the same collective saves without extra coordination. The one that gets there
+        first waits in the save for the others, which are still being fed by the
+        workers' pushes already sent to them. The saved parameters include the pushes
+        faster workers made past that step, which a resumed run makes again: an
+        asynchronous resume is approximate, as asynchronous training is.
+        """
+        if self.next_save is None:
+            return
+        slowest = self.policy.slowest()
+        while self.next_save <= slowest and self.next_save < self.plan.total:
+            self._save("periodic", self.next_save)
+            self.next_save += self.saver.every_steps
+
+    def _save(self, reason: str, step: int | None = None) -> None:
+        """Collective over the servers. bsp: at the step just applied; asp/ssp: at the
+        steps the slowest worker completed (workers resume there together)."""
+        t0 = time.perf_counter()
+        if step is None:
+            step = self.policy.version if self.bsp else self.policy.slowest()
+        if not self.bsp:
+            step = self.comm.allreduce(step, op=MPI.MIN)
+        self.checkpoint_path = self.saver.save_sharded(
+            self.comm, self.index, self.lo, self.hi, self.theta, self.optimizer.state(),
+            step, reason)
+        self.ctx.timers["checkpoint"] += time.perf_counter() - t0
+        self.ctx.timeline.add("checkpoint", t0, time.perf_counter())
+
+    def _async(self, i: int) -> None:
+        """asp/ssp: apply one worker's push now; reply now (asp) or when allowed (ssp)."""
+        msg, policy = self.inbox[i], self.policy
+        if msg.ints[H_FLAGS] & F_SIGNAL or signals.requested():
+            policy.interrupted = True   # from now on every reply says stop
+        step = int(msg.ints[H_STEP])
+        self.counters["staleness"][policy.version - int(msg.ints[H_BASE])] += 1
+        if self.codec is None:
+            grad = msg.payload
+        else:
+            grad = self.acc
+            grad[:] = 0
+            self._add_push(i, grad)
+        count = int(msg.ints[H_COUNT])
+        self._apply(grad, count, float(msg.floats[H_LOSS]), step)
+        action = policy.applied(i, step, count, bool(msg.ints[H_FLAGS] & F_LAST))
+        if action is not Action.HOLD:
+            self._answer(i, stop=action is Action.STOP)
+
+    def _add_push(self, i: int, out: np.ndarray) -> None:
+        """``out +=`` the gradient in worker i's push (decoded when compressed)."""
+        msg = self.inbox[i]
+        if self.codec is None:
+            out += msg.payload
+        else:
+            self.codec.decode_add(msg.payload, int(msg.ints[H_STEP]), out, self.scratch)
+
+    # -- shared pieces -------------------------------------------------------------
+    def _apply(self, grad: np.ndarray, count: int, loss_sum: float, step: int) -> None:
+        """One optimizer step on this server's key range from a gradient sum."""
+        cfg = self.cfg
+        if count > 0:  # an asynchronous push may carry no rows (a worker's empty share)
+            epoch = step // self.plan.steps_per_epoch
+            lr = learning_rate(cfg.optimizer, step, epoch, self.plan.total)
+            if not self.bsp:
+                # The rate refers to the global minibatch. An asynchronous push carries
+                # one worker's share of it, so it moves the parameters by that share: the
+                # W pushes of a step together move them as far as one synchronous step.
+                lr *= count / self.plan.batch
+            finish_gradient(grad, count, self.theta, cfg.model.l2, self.mask)
+            if cfg.optimizer.clip_norm:
+                # The global norm: each server's squared norm, summed over the servers
+                # (bsp servers are in step; the config refuses clipping with several
+                # asynchronous servers, which would pair different pushes).
+                sq = sq_norm(grad)
+                if self.comm.Get_size() > 1:
+                    sq = self.comm.allreduce(sq)
+                grad *= grad.dtype.type(clip_factor(sq, cfg.optimizer.clip_norm))
+            # Only this server sees the problem: not agreed, so the CLI aborts the job.
+            check_finite(loss_sum / count, grad, step, lr, agreed=False)
+            self.optimizer.step(self.theta, grad, lr)
+            if cfg.model.l1:
+                soft_threshold(self.theta, lr * cfg.model.l1, self.mask)
+            self.counters["updates"] += 1
+            self.samples += count
+        self.log.add(loss_sum, count, self.counters)
+
+    def _answer(self, i: int, stop: bool = False) -> None:
+        """Answer worker i's push with the current parameters (stop as the policy says)."""
+        self._send(i, self.policy.answer(i, stop))
+
+    def _send(self, i: int, stop: bool) -> None:
+        """Send worker i the current parameters, then expect its next push unless stopped."""
+        interrupted = self.policy.interrupted
+        self.sends[i].Wait()   # the previous reply to this worker has been delivered
+        out = self.outbox[i]
+        out.ints[H_VERSION] = self.policy.version
+        out.ints[H_FLAGS] = (F_STOP if stop else 0) | (F_INTERRUPTED if interrupted else 0)
+        out.payload[:] = self.theta
+        self.sends[i] = self.ctx.topo.world.Isend(out.spec, self.workers[i], TAG_REPLY)
+        self.counters["bytes_sent"] += out.nbytes
+        self._repost(i)
+
+    def _repost(self, i: int) -> None:
+        if not self.policy.stopped[i]:
+            self.recvs[i] = self.ctx.topo.world.Irecv(self.inbox[i].spec, self.workers[i],
+                                                      TAG_PUSH)
+
+    def _watchdog(self, idle: float) -> None:
+        ps = self.cfg.ps
+        if idle < ps.stall_timeout:
+            self.warned = False
+            return
+        missing = [self.workers[i] for i in self.policy.missing()]
+        text = (f"server rank {self.ctx.topo.rank} has waited {idle:.0f} s at version "
+                f"{self.policy.version} for worker rank(s) {missing}")
+        if idle >= ps.stall_abort:
+            abort_job(f"{text}; giving up after ps.stall_abort = {ps.stall_abort:g} s", 3)
+        if not self.warned:
+            warn(text + f" (ps.stall_timeout = {ps.stall_timeout:g} s)", all_ranks=True)
+            self.warned = True
+
+
+def _max_pair(a, b, _datatype=None):
+    """Element-wise max of two (stop, vote) pairs, for a pickled allreduce."""
+    return (a[0] or b[0], max(a[1], b[1]))
