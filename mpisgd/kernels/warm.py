@@ -24,6 +24,7 @@ from mpisgd.kernels import (
     spec_n_params,
     spec_predict,
 )
+from mpisgd.kernels.schedule import local_schedule
 
 DTYPES = ("float32", "float64")
 
@@ -50,6 +51,9 @@ def warm(dtypes=DTYPES, models=SPEC_MODELS) -> list[str]:
             spec_loss_grad(spec, X, y, np.arange(4, dtype=np.int64), theta, grad)
             spec_predict(spec, X, theta)
             done.append(f"{model}/{name}")
+    # the step schedule: one signature, whatever the model
+    local_schedule(np.arange(8, dtype=np.int64), 2, 4, 3)
+    done.append("schedule")
     return done
 
 

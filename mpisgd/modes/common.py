@@ -16,8 +16,9 @@ from mpisgd.comm.compress import make_codec
 from mpisgd.config import to_toml
 from mpisgd.context import Context
 from mpisgd.data.chunks import chunk_table, chunks_per_step
-from mpisgd.data.partition import epoch_permutation, local_schedule, steps_per_epoch
+from mpisgd.data.partition import epoch_permutation, steps_per_epoch
 from mpisgd.errors import MpisgdError, TrainingError
+from mpisgd.kernels.schedule import local_schedule
 from mpisgd.runtime.log import say
 from mpisgd.store import checkpoint
 

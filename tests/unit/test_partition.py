@@ -10,6 +10,7 @@ from mpisgd.data.partition import (
     local_schedule,
     steps_per_epoch,
 )
+from mpisgd.kernels.schedule import local_schedule as fast_schedule
 
 
 @pytest.mark.parametrize("n, size", [(10, 1), (10, 3), (1003, 4), (7, 7), (1000, 8)])
@@ -63,3 +64,20 @@ def test_permutation_depends_on_seed_and_epoch_only():
 def test_rank_without_rows_still_takes_every_step():
     order, offsets = local_schedule(np.arange(10), 0, 0, 3)
     assert order.size == 0 and offsets.shape == (5,) and not offsets.any()
+
+
+@pytest.mark.parametrize("n, size, batch", [(1003, 4, 64), (1003, 3, 1000), (50, 7, 8),
+                                            (999, 8, 999), (10, 3, 1), (7, 9, 2),
+                                            (100_000, 3, 1024)])
+def test_the_linear_time_schedule_is_the_reference_schedule(n, size, batch):
+    """kernels.schedule (two passes, counting sort) against data.partition's sort."""
+    for shuffle in (True, False):
+        perm = epoch_permutation(n, seed=3, epoch=1, shuffle=shuffle)
+        for rank in range(size):
+            first, stop = block_range(n, size, rank)
+            want = local_schedule(perm, first, stop - first, batch)
+            got = fast_schedule(perm, first, stop - first, batch)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match="do not fit"):
+        fast_schedule(perm, n - 1, 2, batch)
