@@ -192,6 +192,10 @@ def validate(cfg: JobConfig) -> None:
     if cfg.data.placement == "server" and cfg.mode != "ps":
         raise ConfigError("data.placement = 'server' has the parameter servers hold the data; "
                           "it needs mode = 'ps'.")
+    if cfg.train.shuffle_block > 1 and cfg.data.placement != "partition":
+        raise ConfigError(f"train.shuffle_block applies to data.placement = 'partition'; "
+                          f"'{cfg.data.placement}' placement already steps through whole "
+                          f"chunks of data.chunk_rows rows.")
     if cfg.data.placement != "partition" and cfg.data.folds:
         raise ConfigError(f"data.placement = '{cfg.data.placement}' does not support "
                           f"data.folds (use 'partition').")

@@ -190,6 +190,9 @@ class TrainConfig(Section):
     batch_size: int = _f(256, INT0, "GLOBAL minibatch (all ranks together); 0 = full batch (GD)")
     seed: int = _f(0, INT0, "seed for shuffling and initialisation")
     shuffle: bool = _f(True, Check("bool"), "reshuffle the rows every epoch")
+    shuffle_block: int = _f(0, INT0, "0 or 1: shuffle single rows; B > 1: shuffle contiguous "
+                                     "blocks of B training rows (a step reads whole runs of "
+                                     "rows: faster; see docs/performance.md)")
     max_steps: int = _f(0, INT0, "stop after this many steps (0: no limit)")
     log_every: int = _f(0, INT0, "also log every N steps (0: once per epoch)")
     patience: int = _f(0, INT0, "early stopping: stop after this many epochs without a "

@@ -50,15 +50,83 @@ def steps_per_epoch(n_train: int, batch: int) -> int:
     return -(-n_train // batch)
 
 
-def epoch_permutation(n_train: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The order in which the epoch visits training rows (indices 0..n_train-1).
+# The epoch's order is a keyed pseudo-random permutation: a balanced Feistel network
+# over the smallest even number of bits that covers the rows, walked until it lands
+# inside [0, n) ("cycle walking"), keyed by (seed, epoch). Unlike a shuffled array, a
+# row's position is computed from the row alone, so a rank schedules its own rows
+# without building, or even reading, the permutation of everybody's
+# (mpisgd.kernels.schedule does exactly this computation, compiled).
+FEISTEL_ROUNDS = 4
 
-    Identical on every rank: a function of (seed, epoch) only.
+
+def epoch_keys(seed: int, epoch: int) -> np.ndarray:
+    """The Feistel round keys of an epoch (uint64): a function of (seed, epoch) only."""
+    return np.random.SeedSequence([seed, 1, epoch]).generate_state(FEISTEL_ROUNDS, np.uint64)
+
+
+def feistel_half_bits(n: int) -> int:
+    """Bits of each Feistel half for a domain covering [0, n): at least 1."""
+    return max(1, ((max(n, 2) - 1).bit_length() + 1) // 2)
+
+
+def _round(right: np.ndarray, key: np.uint64) -> np.ndarray:
+    """A Feistel round function: one multiply and one xorshift (keys are full-entropy
+    64-bit words, so the rounds need no stronger mixing to shuffle training rows)."""
+    with np.errstate(over="ignore"):
+        z = (right ^ key) * np.uint64(0x9E3779B97F4A7C15)
+    return z ^ (z >> np.uint64(29))
+
+
+def _feistel(x: np.ndarray, half: int, keys: np.ndarray) -> np.ndarray:
+    mask = np.uint64((1 << half) - 1)
+    left, right = x >> np.uint64(half), x & mask
+    for k in keys:
+        left, right = right, left ^ (_round(right, k) & mask)
+    return (left << np.uint64(half)) | right
+
+
+def epoch_positions(rows: np.ndarray, n_train: int, keys: np.ndarray,
+                    block: int = 1) -> np.ndarray:
+    """Where each of ``rows`` (indices in [0, n_train)) comes in the epoch's order.
+
+    ``block`` > 1: the epoch visits contiguous blocks of ``block`` training rows (the last
+    one may be shorter) in a random order, and the rows of a block in sequence: a step
+    reads whole runs of consecutive rows instead of scattered ones.
     """
+    if block <= 1:
+        return _walk(rows.astype(np.uint64), n_train, keys)
+    n_blocks = -(-n_train // block)
+    short = block - (n_train - (n_blocks - 1) * block)   # rows missing from the last block
+    slot = _walk((rows // block).astype(np.uint64), n_blocks, keys)
+    last = _walk(np.array([n_blocks - 1], dtype=np.uint64), n_blocks, keys)[0]
+    # blocks after the short one in the epoch's order start `short` rows earlier
+    return slot * block + rows % block - np.where(slot > last, short, 0)
+
+
+def _walk(x: np.ndarray, n: int, keys: np.ndarray) -> np.ndarray:
+    """The keyed permutation of [0, n) at ``x``: Feistel rounds, cycle-walked into range."""
+    half = feistel_half_bits(n)
+    pos = _feistel(x, half, keys)
+    out = pos >= np.uint64(n)
+    while out.any():   # cycle walking: at most a few rounds (the domain is < 4 n)
+        pos[out] = _feistel(pos[out], half, keys)
+        out = pos >= np.uint64(n)
+    return pos.astype(np.int64)
+
+
+def epoch_permutation(n_train: int, seed: int, epoch: int, shuffle: bool,
+                      block: int = 1) -> np.ndarray:
+    """The order in which the epoch visits training rows (indices 0..n_train-1): rows,
+    or with ``block`` > 1 contiguous blocks of rows, in a keyed random order.
+
+    Identical on every rank: a function of (seed, epoch, block) only.
+    """
+    rows = np.arange(n_train, dtype=np.int64)
     if not shuffle:
-        return np.arange(n_train, dtype=np.int64)
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 1, epoch])))
-    return rng.permutation(n_train).astype(np.int64, copy=False)
+        return rows
+    perm = np.empty(n_train, dtype=np.int64)
+    perm[epoch_positions(rows, n_train, epoch_keys(seed, epoch), block)] = rows
+    return perm
 
 
 def local_schedule(perm: np.ndarray, first: int, count: int,

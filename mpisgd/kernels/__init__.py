@@ -47,6 +47,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 def _check_array(fn, name, a, ndim, dtypes) -> np.ndarray:
     """``a`` must be a C-contiguous ``ndim``-D ndarray of one of ``dtypes``."""
+    if (isinstance(a, np.ndarray) and a.dtype in dtypes and a.ndim == ndim
+            and a.flags.c_contiguous):
+        return a   # the hot path: no message is built unless something is wrong
     what = f"The {name!r} argument of {fn}"
     kinds = " or ".join(str(d) for d in dtypes)
     if not isinstance(a, np.ndarray):
@@ -259,6 +262,53 @@ def spec_loss_grad(
     return float(mlp._loss_grad(X, yf, yi, idx, theta, grad_out, *_mlp_codes(spec)))
 
 
+class BoundLossGrad:
+    """:func:`spec_loss_grad` over one fixed (X, y), checked once: X, y and every label
+    when it is made, then each call checks only what may change, theta, grad_out and the
+    row indices (their range, in one compiled pass; no label is read again). The step
+    loop calls this a thousand times an epoch, where the full checks cost as much as a
+    tenth of the kernel.
+    """
+
+    def __init__(self, spec: ModelSpec, X: np.ndarray, y: np.ndarray):
+        check_spec("BoundLossGrad", spec)
+        _check_array("BoundLossGrad", "X", X, 2, _FLOATS)
+        if X.shape[1] != spec.n_features:
+            raise ValueError(f"The 'X' argument of BoundLossGrad must have n_features = "
+                             f"{spec.n_features} columns. Got shape {X.shape} instead.")
+        regression = spec.task == "regression"
+        theta = np.zeros(spec_n_params(spec), X.dtype)
+        every = np.arange(X.shape[0], dtype=np.int64)
+        y, _ = _check_batch("BoundLossGrad", f"model {spec.name!r}", X, y, every, theta,
+                            np.empty_like(theta), regression,
+                            0 if regression else spec.n_classes)
+        self.spec, self.X, self.y, self.n = spec, X, y, X.shape[0]
+        self._shape = theta.shape
+        if spec.name != "mlp":
+            self._kernel, self._extra = _LOSS_GRAD[spec.name], ()
+        else:
+            yf, yi = (y, _NO_LABELS) if regression else (np.empty(0, X.dtype), y)
+            self._kernel, self._extra = mlp._loss_grad, (yf, yi)
+            self._codes = _mlp_codes(spec)
+
+    def __call__(self, idx: np.ndarray, theta: np.ndarray, grad_out: np.ndarray) -> float:
+        """The loss summed over rows ``idx`` (int64, C-contiguous); ``grad_out`` is
+        overwritten with the summed gradient. Same result as :func:`spec_loss_grad`."""
+        X = self.X
+        ok = (isinstance(idx, np.ndarray) and idx.dtype == np.int64 and idx.ndim == 1
+              and idx.flags.c_contiguous and isinstance(theta, np.ndarray)
+              and theta.dtype == X.dtype and theta.shape == self._shape
+              and theta.flags.c_contiguous and isinstance(grad_out, np.ndarray)
+              and grad_out.dtype == X.dtype and grad_out.shape == self._shape
+              and grad_out.flags.c_contiguous and grad_out.flags.writeable)
+        if not ok:   # the full checks name what is wrong
+            return spec_loss_grad(self.spec, X, self.y, idx, theta, grad_out)
+        _check_rows("BoundLossGrad", f"model {self.spec.name!r}", idx, self.n, self.y, 0)
+        if self._extra:
+            return float(self._kernel(X, *self._extra, idx, theta, grad_out, *self._codes))
+        return float(self._kernel(X, self.y, idx, theta, grad_out))
+
+
 def spec_predict(spec: ModelSpec, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Predictions in X's dtype: regression f (n,); binary P(y=1) (n,); multiclass P (n, C)."""
     check_spec("spec_predict", spec)
@@ -272,4 +322,5 @@ def spec_predict(spec: ModelSpec, X: np.ndarray, theta: np.ndarray) -> np.ndarra
 
 __all__ = ["MODELS", "SPEC_MODELS", "TASKS", "ACTIVATIONS", "TASK_OF", "n_params", "init_params",
            "loss_grad", "predict", "weights", "l2_mask", "ModelSpec", "spec_n_params",
-           "spec_init", "spec_loss_grad", "spec_predict", "spec_weights", "spec_l2_mask"]
+           "spec_init", "spec_loss_grad", "spec_predict", "BoundLossGrad", "spec_weights",
+           "spec_l2_mask"]

@@ -24,7 +24,7 @@ from mpisgd.kernels import (
     spec_n_params,
     spec_predict,
 )
-from mpisgd.kernels.schedule import local_schedule
+from mpisgd.kernels.schedule import epoch_schedule
 
 DTYPES = ("float32", "float64")
 
@@ -52,7 +52,7 @@ def warm(dtypes=DTYPES, models=SPEC_MODELS) -> list[str]:
             spec_predict(spec, X, theta)
             done.append(f"{model}/{name}")
     # the step schedule: one signature, whatever the model
-    local_schedule(np.arange(8, dtype=np.int64), 2, 4, 3)
+    epoch_schedule(8, 0, 0, True, 2, 4, 3)
     done.append("schedule")
     return done
 

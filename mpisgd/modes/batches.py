@@ -36,15 +36,21 @@ class RowBatches:
         self.steps_per_epoch, self.total, self.batch = plan.steps_per_epoch, plan.total, plan.batch
         self.slow = _slowdown(ctx)
         self.wait_s = 0.0
+        # X and y are checked once here; a step checks only its rows (kernels.BoundLossGrad)
+        self.loss_grad = kernels.BoundLossGrad(ctx.spec, ctx.X, ctx.y)
+        self.row0 = ctx.row0
+        self.trace = ctx.cfg.debug.trace_rows
 
     def gradient(self, step: int, theta: np.ndarray, grad: np.ndarray):
-        ctx = self.ctx
+        """(loss sum, rows, their global ids when rows are traced, else None)."""
         idx = self.plan.rows_for(step)
-        t0 = time.perf_counter()
-        loss = kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, idx, theta, grad)
-        if self.slow:
+        if self.slow:   # test hook: this rank computes slow_factor x slower
+            t0 = time.perf_counter()
+            loss = self.loss_grad(idx, theta, grad)
             time.sleep(self.slow * (time.perf_counter() - t0))
-        return loss, idx.size, idx + ctx.row0
+        else:
+            loss = self.loss_grad(idx, theta, grad)
+        return loss, idx.size, (idx + self.row0 if self.trace else None)
 
     def report(self) -> dict:
         return {}

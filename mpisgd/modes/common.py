@@ -16,9 +16,9 @@ from mpisgd.comm.compress import make_codec
 from mpisgd.config import to_toml
 from mpisgd.context import Context
 from mpisgd.data.chunks import chunk_table, chunks_per_step
-from mpisgd.data.partition import epoch_permutation, steps_per_epoch
+from mpisgd.data.partition import steps_per_epoch
 from mpisgd.errors import MpisgdError, TrainingError
-from mpisgd.kernels.schedule import local_schedule
+from mpisgd.kernels.schedule import EpochSchedule
 from mpisgd.runtime.log import say
 from mpisgd.store import checkpoint
 
@@ -40,6 +40,7 @@ class StepPlan:
     shuffle: bool
     epochs: int
     max_steps: int = 0
+    block: int = 1          # train.shuffle_block: shuffle runs of this many rows
 
     def __post_init__(self):
         self.batch = min(self.batch or self.n_train, self.n_train)
@@ -47,6 +48,7 @@ class StepPlan:
         self.total = total_steps(self.epochs, self.max_steps, self.steps_per_epoch)
         self._epoch = -1
         self._rows = self._offsets = None
+        self._schedule: EpochSchedule | None = None
 
     def rows_for(self, step: int) -> np.ndarray:
         epoch, t = divmod(step, self.steps_per_epoch)
@@ -55,13 +57,12 @@ class StepPlan:
         return self._rows[self._offsets[t]:self._offsets[t + 1]]
 
     def _load(self, epoch: int) -> None:
-        if self.batch < self.n_train:
-            perm = epoch_permutation(self.n_train, self.seed, epoch, self.shuffle)
-        else:  # full batch: the order within the one step does not matter
-            perm = np.arange(self.n_train, dtype=np.int64)
-        order, self._offsets = local_schedule(perm, self.first_train, self.train_rows.size,
-                                              self.batch)
-        self._rows = self.train_rows[order]
+        if self._schedule is None:
+            self._schedule = EpochSchedule(self.n_train, self.first_train, self.train_rows,
+                                           self.batch, self.block)
+        # Full batch: one step of every local row, whatever the order.
+        shuffle = self.shuffle and self.batch < self.n_train
+        self._rows, self._offsets = self._schedule.load(self.seed, epoch, shuffle)
         self._epoch = epoch
 
 
@@ -257,7 +258,8 @@ def make_plan(ctx: Context) -> StepPlan:
     t = ctx.cfg.train
     return StepPlan(n_train=ctx.n_train, first_train=ctx.first_train,
                     train_rows=ctx.train_rows, batch=t.batch_size, seed=t.seed,
-                    shuffle=t.shuffle, epochs=t.epochs, max_steps=t.max_steps)
+                    shuffle=t.shuffle, epochs=t.epochs, max_steps=t.max_steps,
+                    block=max(1, t.shuffle_block))
 
 
 def write_trace(ctx: Context, trace: list) -> None:

@@ -18,7 +18,8 @@ LAYERS = [
     ("mpisgd.runtime", "mpisgd.models"),         # process runtime; the model registry
     ("mpisgd.config",),                          # the job
     ("mpisgd.store",),                           # files: atomic writes, run folder, checkpoints
-    ("mpisgd.data", "mpisgd.kernels", "mpisgd.optim"),
+    ("mpisgd.data", "mpisgd.optim"),             # the shard format, row ownership; updates
+    ("mpisgd.kernels",),                         # compiled loss, gradient, schedule
     ("mpisgd.comm",),                            # everything that talks MPI
     ("mpisgd.report",),                          # metrics, cost, memory, timeline
     ("mpisgd.context",),

@@ -10,7 +10,7 @@ from mpisgd.data.partition import (
     local_schedule,
     steps_per_epoch,
 )
-from mpisgd.kernels.schedule import local_schedule as fast_schedule
+from mpisgd.kernels.schedule import epoch_schedule
 
 
 @pytest.mark.parametrize("n, size", [(10, 1), (10, 3), (1003, 4), (7, 7), (1000, 8)])
@@ -69,15 +69,43 @@ def test_rank_without_rows_still_takes_every_step():
 @pytest.mark.parametrize("n, size, batch", [(1003, 4, 64), (1003, 3, 1000), (50, 7, 8),
                                             (999, 8, 999), (10, 3, 1), (7, 9, 2),
                                             (100_000, 3, 1024)])
-def test_the_linear_time_schedule_is_the_reference_schedule(n, size, batch):
-    """kernels.schedule (two passes, counting sort) against data.partition's sort."""
-    for shuffle in (True, False):
-        perm = epoch_permutation(n, seed=3, epoch=1, shuffle=shuffle)
-        for rank in range(size):
-            first, stop = block_range(n, size, rank)
-            want = local_schedule(perm, first, stop - first, batch)
-            got = fast_schedule(perm, first, stop - first, batch)
-            np.testing.assert_array_equal(got[0], want[0])
-            np.testing.assert_array_equal(got[1], want[1])
+def test_the_compiled_schedule_is_the_reference_schedule(n, size, batch):
+    """kernels.schedule (per-row Feistel positions, counting sort) against data.partition's
+    permutation and sort."""
+    for shuffle, block in ((True, 1), (False, 1), (True, 7), (True, 64)):
+        for epoch in (0, 1):
+            perm = epoch_permutation(n, seed=3, epoch=epoch, shuffle=shuffle, block=block)
+            for rank in range(size):
+                first, stop = block_range(n, size, rank)
+                want = local_schedule(perm, first, stop - first, batch)
+                got = epoch_schedule(n, 3, epoch, shuffle, first, stop - first, batch, block)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
     with pytest.raises(ValueError, match="do not fit"):
-        fast_schedule(perm, n - 1, 2, batch)
+        epoch_schedule(n, 3, 0, True, n - 1, 2, batch)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 65, 1000, 4097])
+def test_the_epoch_order_is_a_permutation_that_mixes(n):
+    perm = epoch_permutation(n, seed=0, epoch=0, shuffle=True)
+    np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+    if n >= 1000:   # far from the identity, and every epoch differs
+        assert np.mean(perm == np.arange(n)) < 0.01
+        assert abs(np.corrcoef(perm, np.arange(n))[0, 1]) < 0.1
+        assert not np.array_equal(perm, epoch_permutation(n, seed=0, epoch=1, shuffle=True))
+
+
+@pytest.mark.parametrize("n, block", [(1000, 64), (1024, 64), (65, 64), (10, 3), (5, 8)])
+def test_a_block_shuffle_visits_whole_blocks_in_a_random_order(n, block):
+    perm = epoch_permutation(n, seed=1, epoch=2, shuffle=True, block=block)
+    np.testing.assert_array_equal(np.sort(perm), np.arange(n))
+    # cut the order where it jumps: every run is one whole block, in sequence
+    runs = np.split(perm, np.flatnonzero(np.diff(perm) != 1) + 1)
+    starts = sorted(int(r[0]) for r in runs)
+    assert starts == list(range(0, n, block)) or len(runs) < -(-n // block)
+    assert all(r[0] % block == 0 and len(r) == min(block, n - r[0]) or len(r) > block
+               for r in runs)
+    if n >= 1000:
+        blocks = [int(r[0]) // block for r in runs]
+        assert blocks != sorted(blocks)   # shuffled
+        assert not np.array_equal(perm, epoch_permutation(n, 1, 3, True, block))
