@@ -85,6 +85,9 @@ def _warm_up(topo: Topology, model: Model, info: DatasetInfo) -> None:
     numba's cache (ranks compiling at once on shared cores take ranks times as long)."""
     theta = model.theta.astype(info.dtype)
     X = np.zeros((1, info.n_features), dtype=info.dtype)
+    notice = kernels.compile_notice(model.spec) if topo.rank == 0 else None
+    if notice:
+        say(notice)
     for turn in (0, 1):
         error = None
         if (topo.local_rank == 0) == (turn == 0):

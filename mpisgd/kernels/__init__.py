@@ -14,6 +14,8 @@ do not fit in a name), and the ``spec_*`` functions take one.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from mpisgd.errors import DataError
@@ -307,6 +309,26 @@ class BoundLossGrad:
         if self._extra:
             return float(self._kernel(X, *self._extra, idx, theta, grad_out, *self._codes))
         return float(self._kernel(X, self.y, idx, theta, grad_out))
+
+
+# Seconds to compile a model's kernels on a cold cache (one dtype, one process, the
+# 2-core VM of docs/performance.md: python -m mpisgd.kernels.warm into an empty cache).
+COMPILE_SECONDS = {"linear": 6, "logistic": 6, "softmax": 8, "mlp": 18}
+
+
+def compile_notice(spec: ModelSpec) -> str | None:
+    """What to say before a model's kernels compile on a cold cache (nothing when numba
+    has them cached): a first run must not sit silent for seconds to minutes."""
+    kernel = mlp._loss_grad if spec.name == "mlp" else _LOSS_GRAD[spec.name]
+    try:   # numba's on-disk cache keeps one index file per kernel
+        if os.path.exists(kernel._cache._cache_file._index_path):
+            return None
+    except AttributeError:   # another numba's internals: say nothing rather than guess
+        return None
+    where = os.environ.get("NUMBA_CACHE_DIR") or "numba's cache"
+    return (f"mpisgd: compiling the {spec.name} kernels (first run on this machine with "
+            f"this cache, about {COMPILE_SECONDS[spec.name]} s; later runs load them from "
+            f"{where})")
 
 
 def spec_predict(spec: ModelSpec, X: np.ndarray, theta: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from mpisgd.context import Context, Effective
 from mpisgd.data import DatasetInfo
 from mpisgd.data.partition import block_range
 from mpisgd.errors import ConfigError, DataError
-from mpisgd.runtime.log import warn
+from mpisgd.runtime.log import say, warn
 from mpisgd.store import runfolder
 from mpisgd.train.data import load_rows, open_inputs, too_big
 
@@ -126,6 +126,9 @@ def _warm_up_kernels(ctx: Context) -> None:
         X = np.zeros((1, ctx.n_features), dtype=ctx.dtype)
         y = np.zeros(1, dtype=ctx.info.y_dtype)
         one = one[:0] if one.size == 0 else np.zeros(1, dtype=np.int64)
+    notice = kernels.compile_notice(ctx.spec) if ctx.topo.rank == 0 else None
+    if notice:
+        say(notice)
     for turn in (0, 1):
         error = None
         if (ctx.topo.local_rank == 0) == (turn == 0):

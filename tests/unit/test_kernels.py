@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -265,3 +269,24 @@ def test_validation_other_models():
         K.loss_grad("lasso", **args)
     with pytest.raises(ValueError, match="size"):
         K.predict("softmax", args["X"], np.zeros(args["X"].shape[1] + 1))
+
+
+def test_a_cold_cache_is_announced_before_compiling(tmp_path):
+    """In a process whose numba cache is empty, compile_notice names the model and an
+    estimate; once numba's index file for the kernel exists, it says nothing."""
+    script = (
+        "import os, sys\n"
+        "from mpisgd import kernels\n"
+        "from mpisgd.models import ModelSpec\n"
+        "spec = ModelSpec('softmax', 3, 4)\n"
+        "print(kernels.compile_notice(spec))\n"
+        "path = kernels._LOSS_GRAD['softmax']._cache._cache_file._index_path\n"
+        "os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+        "open(path, 'wb').close()\n"
+        "print(kernels.compile_notice(spec))\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.splitlines()
+    assert out[0].startswith("mpisgd: compiling the softmax kernels") and "about 8 s" in out[0]
+    assert str(tmp_path) in out[0]
+    assert out[1] == "None"
