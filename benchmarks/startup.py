@@ -40,7 +40,8 @@ START_LINE = re.compile(r"^mpisgd: \S+: \w+ mode")
 FLOOR_CODE = ("from mpi4py import MPI; import numpy, numba, h5py; MPI.COMM_WORLD.Barrier(); "
               "print('ready', flush=True) if MPI.COMM_WORLD.rank == 0 else None")
 FLOOR_LINE = re.compile(r"^ready$")
-WARM_GOAL_S = 2.0
+# Warm start to the first step, as a multiple of the launch + import floor of the same run.
+WARM_GOAL_RATIO = 1.3
 
 
 def launch(cmd: list[str], env: dict, marker: re.Pattern) -> tuple[float, float]:
@@ -101,7 +102,8 @@ def summarise(runs: list[dict]) -> dict:
 
 def markdown(result: dict) -> str:
     p, cold, warm = result["ranks"], result["cold"], result["warm"]
-    met = "met" if warm["first_step_s"]["median"] < WARM_GOAL_S else "NOT met"
+    ratio = warm["first_step_s"]["median"] / result["floor_s"]["median"]
+    met = "met" if ratio <= WARM_GOAL_RATIO else "NOT met"
     lines = [f"## Start-up: `mpiexec -n {p} python -m mpisgd` (small job) to the first step\n",
              f"Seconds, median [min, max]; cold: {result['repeats_cold']} run(s), each with an "
              f"empty numba cache; warm: {result['repeats_warm']} run(s) on a filled one.\n",
@@ -114,7 +116,8 @@ def markdown(result: dict) -> str:
                      f"{cell(r['setup_s'], '.2f')} | {cell(r['data_s'], '.3f')} |")
     lines += ["", f"- floor (mpiexec -n {p}, imports of mpi4py, NumPy, numba, h5py, one "
               f"barrier): {cell(result['floor_s'], '.2f')} s",
-              f"- warm start to the first step < {WARM_GOAL_S:g} s: {met}"]
+              f"- warm start to the first step: {ratio:.2f}x the floor (goal <= "
+              f"{WARM_GOAL_RATIO:g}x: {met})"]
     return "\n".join(lines)
 
 

@@ -116,7 +116,8 @@ def _warm_up_kernels(ctx: Context) -> None:
     """Collective: compile the kernels on one rank per node first, then load from cache.
 
     Eight ranks compiling the same kernel at once on two cores take eight times as
-    long as one rank compiling it and the others loading numba's cached result.
+    long as one rank compiling it and the others loading numba's cached result. When
+    the node's cache already holds them, every rank loads at once.
     """
     theta = np.zeros(ctx.n_params, dtype=ctx.dtype)
     grad = np.empty_like(theta)
@@ -126,12 +127,13 @@ def _warm_up_kernels(ctx: Context) -> None:
         X = np.zeros((1, ctx.n_features), dtype=ctx.dtype)
         y = np.zeros(1, dtype=ctx.info.y_dtype)
         one = one[:0] if one.size == 0 else np.zeros(1, dtype=np.int64)
-    notice = kernels.compile_notice(ctx.spec) if ctx.topo.rank == 0 else None
-    if notice:
+    notice = kernels.compile_notice(ctx.spec)
+    if notice and ctx.topo.rank == 0:
         say(notice)
+    first = ctx.topo.local_rank == 0 or notice is None
     for turn in (0, 1):
         error = None
-        if (ctx.topo.local_rank == 0) == (turn == 0):
+        if first == (turn == 0):
             try:
                 kernels.spec_loss_grad(ctx.spec, X, y, one, theta, grad)
                 kernels.spec_predict(ctx.spec, X[:1], theta)
