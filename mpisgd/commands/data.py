@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--features", type=int, default=None, help="n_features (LIBSVM)")
     c.add_argument("--format", choices=FORMATS, default=None, help="default: from the name")
     c.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    c.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                   help="write the rows in a random order fixed by SEED (for "
+                        "train.shuffle_block on data stored in label or time order)")
 
     i = sub.add_parser("info", help="describe a dataset and stream column statistics")
     i.add_argument("path", metavar="PATH")
@@ -159,7 +162,7 @@ def _convert(args) -> int:
     info = convert(args.input, args.output, task=args.task, n_classes=args.classes,
                    label_column=column, dtype=args.dtype, rows_per_shard=args.rows_per_shard,
                    n_features=args.features, input_format=args.format,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, shuffle=args.shuffle)
     print(f"wrote {_summary(info)}")
     return 0
 

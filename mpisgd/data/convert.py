@@ -16,6 +16,7 @@ import numpy as np
 from mpisgd.data.checks import fmt_value
 from mpisgd.data.format import DatasetInfo, float_dtype, open_dataset
 from mpisgd.data.inputs import detect_format, open_source
+from mpisgd.data.shuffle import shuffled
 from mpisgd.data.write import FolderBuild, ShardWriter, shard_file_name
 from mpisgd.errors import DataError, OutputError
 from mpisgd.models import TASKS
@@ -216,13 +217,16 @@ def _converted(source, task: str, label_values, path: str):
 def convert(input, output, *, task: str | None = None, n_classes: int | None = None,
             label_column: int | str = -1, dtype="float32", rows_per_shard: int | None = None,
             n_features: int | None = None, input_format: str | None = None,
-            block_rows: int = 65536, overwrite: bool = False) -> DatasetInfo:
+            block_rows: int = 65536, overwrite: bool = False,
+            shuffle: int | None = None) -> DatasetInfo:
     """Convert a CSV, ``.npz`` or LIBSVM file to an mpisgd dataset; return its info.
 
     ``output`` ending in ``.h5`` (and no ``rows_per_shard``) is written as one shard
     file; anything else becomes a folder of ``part-*.h5`` shards of ``rows_per_shard``
     rows (one shard if None). Classification labels are mapped to 0..C-1 (sorted
     original values; -1/+1 -> 0/1) and the originals kept in ``label_values``.
+    ``shuffle``: a seed; the rows are written in a random order fixed by it
+    (:mod:`mpisgd.data.shuffle`), else in the input's order.
     """
     path, output = os.fspath(input), os.fspath(output)
     dt = _check_args(path, output, task, dtype, overwrite, rows_per_shard=rows_per_shard,
@@ -231,7 +235,11 @@ def convert(input, output, *, task: str | None = None, n_classes: int | None = N
                          n_features=n_features, block_rows=block_rows)
     scan = _scan_labels(source, task, path)
     task, n_classes, label_values = _plan_labels(scan, task, n_classes, path)
-    _write(_converted(source, task, label_values, path), output, rows_per_shard, overwrite,
+    blocks = _converted(source, task, label_values, path)
+    if shuffle is not None:
+        blocks = shuffled(blocks, shuffle, scan.n_rows or None,
+                          source.n_features * dt.itemsize, output)
+    _write(blocks, output, rows_per_shard, overwrite,
            scan.n_rows or None, n_features=source.n_features, task=task, n_classes=n_classes,
            dtype=dt, label_values=label_values, feature_names=source.feature_names)
     return open_dataset(output)

@@ -511,3 +511,41 @@ def test_cli_errors(tmp_path, capsys):
     assert "n_rows must be an integer >= 1" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
     assert main(["--help"]) == 0
+
+
+def test_convert_shuffle_permutes_whole_rows_reproducibly(tmp_path):
+    """--shuffle SEED: the same rows (features and label together) in another order,
+    the same order for the same seed, another for another seed."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3)).round(4)
+    y = np.repeat([0, 1], 250)   # stored in label order: the case shuffling is for
+    csv = tmp_path / "in.csv"
+    np.savetxt(csv, np.column_stack([X, y]), delimiter=",", fmt="%.4f")
+    outs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        assert main(["convert", str(csv), str(tmp_path / name), "--shuffle", str(seed),
+                     "--rows-per-shard", "200", "--dtype", "float64"]) == 0
+        info = open_dataset(str(tmp_path / name))
+        outs[name] = read_rows(info, 0, info.n_rows)
+    Xa, ya = outs["a"]
+    rows = lambda A, b: sorted(map(tuple, np.column_stack([A, b])))  # noqa: E731
+    assert rows(Xa, ya) == rows(X, y)
+    assert not np.array_equal(ya, np.sort(ya))   # no longer in label order
+    np.testing.assert_array_equal(outs["b"][0], Xa)
+    assert not np.array_equal(outs["c"][0], Xa)
+
+
+def test_shuffle_through_many_buckets_is_a_permutation(tmp_path):
+    from mpisgd.data.shuffle import shuffled
+
+    X = np.arange(3000, dtype=np.float32).reshape(1000, 3)
+    y = np.arange(1000)
+    blocks = [(X[i:i + 128], y[i:i + 128]) for i in range(0, 1000, 128)]
+    out = list(shuffled(iter(blocks), 5, 1000, 12, str(tmp_path / "out"), bucket_bytes=1200))
+    assert len(out) > 5   # 10 buckets of about 100 rows
+    ys = np.concatenate([b[1] for b in out])
+    Xs = np.concatenate([b[0] for b in out])
+    np.testing.assert_array_equal(np.sort(ys), y)
+    np.testing.assert_array_equal(Xs[:, 0], 3 * ys)   # rows stay whole
+    assert not np.array_equal(ys, y)
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".shuffle-")] == []
