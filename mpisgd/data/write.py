@@ -22,26 +22,13 @@ from mpisgd.data.checks import check_block
 from mpisgd.data.format import FORMAT_NAME, FORMAT_VERSION, check_task, check_truth, float_dtype
 from mpisgd.data.read import default_block_rows
 from mpisgd.errors import DataError, OutputError
+from mpisgd.store.atomic import fsync_path
 
 # Row chunks of about this many bytes: large enough that a contiguous slice is a few
 # big reads, small enough that reading a handful of rows does not pull megabytes.
 CHUNK_BYTES = 1 << 20
 
 _tmp_counter = itertools.count()
-
-
-def _fsync_path(path: str) -> None:
-    """fsync a file or folder; best effort, since some file systems refuse it on folders."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def shard_file_name(index: int, n_shards: int) -> str:
@@ -168,12 +155,12 @@ class ShardWriter:
             self._file.flush()
             self._file.close()
             self._file = None
-            _fsync_path(self._tmp)
+            fsync_path(self._tmp)
             os.replace(self._tmp, self.path)
         except OSError as e:
             self.abort()
             raise OutputError(f"cannot write shard '{self.path}': {e}") from e
-        _fsync_path(os.path.dirname(os.path.abspath(self.path)))
+        fsync_path(os.path.dirname(os.path.abspath(self.path)))
 
     def abort(self) -> None:
         """Drop the partial shard; the final name is never touched."""
@@ -245,14 +232,14 @@ class FolderBuild:
         if exc_type is not None:
             shutil.rmtree(self.path, ignore_errors=True)
             return
-        _fsync_path(self.path)
+        fsync_path(self.path)
         try:
             self._publish()
         except OSError as e:
             shutil.rmtree(self.path, ignore_errors=True)
             raise OutputError(f"cannot move the new dataset to '{self.target}': "
                               f"{e.strerror or e}") from e
-        _fsync_path(os.path.dirname(self.target))
+        fsync_path(os.path.dirname(self.target))
 
     def _publish(self) -> None:
         if self.overwrite and os.path.lexists(self.target):

@@ -19,7 +19,7 @@ import numpy as np
 
 from mpisgd.config import JobConfig, to_toml
 from mpisgd.errors import OutputError
-from mpisgd.store.atomic import atomic_path, write_text
+from mpisgd.store.atomic import atomic_path, write_json, write_text
 
 EFFECTIVE = "effective.toml"
 
@@ -78,7 +78,7 @@ def write_ranks(run: Path, ranks: list[tuple[str, int]]) -> None:
 
 
 def write_summary(run: Path, summary: dict) -> None:
-    write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_json(run / "summary.json", summary)
 
 
 def write_oracle(run: Path, theta: np.ndarray, result: dict) -> Path:
@@ -87,5 +87,5 @@ def write_oracle(run: Path, theta: np.ndarray, result: dict) -> Path:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("theta", data=theta)
         f.attrs.update(format="mpisgd-oracle", train_data=result["train_data"])
-    write_text(run / "oracle.json", json.dumps(result, indent=2) + "\n")
+    write_json(run / "oracle.json", result)
     return path
