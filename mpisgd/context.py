@@ -16,6 +16,7 @@ from mpisgd.comm import Topology
 from mpisgd.comm.roles import Roles
 from mpisgd.config import JobConfig, replace
 from mpisgd.data import DatasetInfo
+from mpisgd.data.scale import Scaler
 from mpisgd.models import ModelSpec
 from mpisgd.report import cost
 from mpisgd.report.timeline import Timeline
@@ -60,6 +61,9 @@ class Context:
     nan_fired: set = field(default_factory=set)
     # the job as given and what this run changed of it; ``cfg`` is the effective job
     effective: Effective | None = None
+    # data.standardize: the training rows' per-feature mean and scale, applied to every
+    # row this run reads (training and held-out) and stored in model.h5
+    scaler: Scaler | None = None
 
 
 class Effective:
