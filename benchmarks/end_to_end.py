@@ -128,16 +128,18 @@ def mpisgd_trainer(mode: str, s: Settings, train: str, test: str, tmp: Path,
             "data_s": data_s, "data_share_of_wall": cost["mean_share"]["data"],
             "wall_s": summary["wall_time_s"], "train_time_s": summary["train_time_s"],
             "steps": summary["steps"], "time_split": cost["mean_share"],
-            "step_us": step_split(timeline, summary["steps_per_epoch"])}
+            # ps: rank 0 serves, rank 1 is the worker
+            "step_us": step_split(timeline, summary["steps_per_epoch"],
+                                  0 if mode == "allreduce" else 1)}
 
 
-def step_split(timeline: Path, steps_per_epoch: int) -> dict:
-    """Rank 0's median microseconds per step in each span of the timeline, and how much
+def step_split(timeline: Path, steps_per_epoch: int, rank: int = 0) -> dict:
+    """``rank``'s median microseconds per step in each span of the timeline, and how much
     longer each epoch's first step is (it draws the epoch's permutation and this rank's
     schedule of rows)."""
     spans: dict[str, list] = {}
     for e in json.loads(timeline.read_text())["traceEvents"]:
-        if e["ph"] == "X" and e["pid"] == 0:
+        if e["ph"] == "X" and e["pid"] == rank:
             spans.setdefault(e["name"], []).append(e["dur"])
     out = {k: statistics.median(v) for k, v in spans.items() if len(v) > 1}
     if "compute" in spans:   # allreduce mode: one compute span per step
@@ -301,13 +303,14 @@ def markdown(result: dict) -> str:
         if r is not None:
             met = "met" if r["median"] >= goal else "NOT met"
             lines.append(f"- {label}: {cell(r, '.2f')} (goal >= {goal}: {met})")
-    split = result["runs"]["mpisgd allreduce"][0]["step_us"]
-    if "compute" in split:
-        lines.append(f"- mpisgd allreduce, one step on rank 0 (median us, first repeat): "
-                     f"gradient {split['compute']:.0f}, allreduce {split['allreduce']:.0f}, "
-                     f"update {split['update']:.0f}; each epoch's first step "
-                     f"{split['epoch_start_extra'] / 1e3:.1f} ms longer (its permutation "
-                     f"and schedule of rows)")
+    for name in ("mpisgd allreduce", "mpisgd ps (1 server, 1 worker)"):
+        split = result["runs"].get(name, [{}])[0].get("step_us", {})   # --only may skip it
+        if "compute" in split:
+            lines.append(f"- {name}, one step on its first worker (median us, first repeat): "
+                         + ", ".join(f"{k} {v:.0f}" for k, v in split.items()
+                                     if k != "epoch_start_extra")
+                         + f"; each epoch's first step {split['epoch_start_extra'] / 1e3:.1f}"
+                         f" ms longer (its permutation and schedule of rows)")
     for name, d in result["mpisgd_data"].items():
         lines.append(f"- {name}: HDF5 reads {cell(d['read_s'], '.2f')} s, "
                      f"{100 * d['share_of_wall']['median']:.1f}% of the wall time (cost report)")

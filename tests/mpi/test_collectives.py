@@ -20,3 +20,11 @@ def test_emulated_nodes(launch, size, per_node):
                     env={"MPISGD_RANKS_PER_NODE": str(per_node)})
     assert result.returncode == 0, result.stderr
     assert f"OK {size}" in result.stdout
+
+
+def test_poller_spins_and_sleeps(launch):
+    """The parameter server's wait (comm.p2p.Poller), spinning and backing off."""
+    result = launch(2, [str(Path(__file__).with_name("poller_script.py"))], module=False,
+                    timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "OK poller" in result.stdout

@@ -38,6 +38,7 @@ from mpisgd.modes.dataserve import DataServer
 from mpisgd.modes.ps.consistency import Action, make_consistency
 from mpisgd.optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
 from mpisgd.runtime import signals
+from mpisgd.runtime.launch_env import cores_here, ranks_on_this_node
 from mpisgd.runtime.log import warn
 from mpisgd.runtime.progress import Progress
 from mpisgd.store import runfolder
@@ -116,7 +117,11 @@ class Server:
         self.log = EpochLog(ctx, plan, len(workers), self.bsp)
         self.samples = 0
         self.warned = False
-        self.poller = Poller(cfg.ps.poll_max_us * 1e-6, self._watchdog)
+        # A server spins while its node has a core per rank (the launcher's count, else
+        # the node communicator's), and sleeps between polls when ranks share cores.
+        local = ranks_on_this_node() or ctx.topo.local_size
+        self.poller = Poller(cfg.ps.poll_max_us * 1e-6, self._watchdog,
+                             spin=local <= cores_here())
         # Server placement: this server's part of the dataset, served to the workers.
         self.data = (DataServer(ctx, index, len(ctx.roles.servers), plan.table)
                      if cfg.data.placement == "server" else None)
