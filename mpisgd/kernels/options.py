@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 import numba
+
+# When numba first types a function it checks for a BLAS by importing scipy.linalg: 0.2-0.3
+# s per process when SciPy is installed (scikit-learn brings it), before any cached kernel
+# loads; 8 ranks on 2 cores pay it 4 times per core. No mpisgd kernel calls BLAS from numba
+# code (np.dot, np.linalg), so that check is done here, once, with scipy.linalg hidden:
+# numba then records "no BLAS" and the first kernel call drops from 0.34-0.44 s to 0.14-0.15
+# s (docs/performance.md). Skipped when scipy.linalg is already loaded (nothing to save).
+if "numba.np.arraymath" not in sys.modules and "scipy.linalg" not in sys.modules:
+    sys.modules["scipy.linalg"] = None   # makes `import scipy.linalg...` raise ImportError
+    try:
+        import numba.np.arraymath
+    finally:
+        del sys.modules["scipy.linalg"]
 
 # 'reassoc' lets LLVM split the per-row dot products into SIMD lanes and 'contract' allows
 # FMA. Never the full fastmath set: its 'nnan'/'ninf' would let LLVM assume NaN and Inf away, and

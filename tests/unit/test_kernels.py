@@ -290,3 +290,22 @@ def test_a_cold_cache_is_announced_before_compiling(tmp_path):
     assert out[0].startswith("mpisgd: compiling the softmax kernels") and "about 8 s" in out[0]
     assert str(tmp_path) in out[0]
     assert out[1] == "None"
+
+
+def test_kernels_load_without_scipy_linalg():
+    """numba's BLAS check (an import of scipy.linalg, 0.2-0.3 s per rank) is skipped:
+    no mpisgd kernel calls BLAS from numba code; scipy.linalg still imports after."""
+    code = ("import sys, numpy as np\n"
+            "from mpisgd import kernels\n"
+            "from mpisgd.models import ModelSpec\n"
+            "X = np.ones((8, 3), np.float32); y = np.zeros(8, np.int64)\n"
+            "f = kernels.BoundLossGrad(ModelSpec('logistic', 3, 2), X, y)\n"
+            "g = np.zeros(4, np.float32)\n"
+            "f(np.arange(8, dtype=np.int64), np.zeros(4, np.float32), g)\n"
+            "assert 'scipy.linalg' not in sys.modules\n"
+            "assert abs(g[0] - 4.0) < 1e-6, g\n"   # 8 rows of sigmoid(0) - 0 = 0.5 each
+            "import scipy.linalg\n"
+            "print('OK')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
