@@ -15,6 +15,7 @@ from mpisgd.kernels.options import (
     pjit,
     reduce_blocks,
 )
+from mpisgd.kernels.vmath import exp_nonpos, log1p_unit
 
 
 @njit
@@ -25,23 +26,26 @@ def _sigmoid(z):
 
 
 @njit
-def _chunk(X, y, idx, lo, hi, theta, part, z, r):
+def _chunk(X, y, idx, lo, hi, theta, part, z, e, bits, r):
     """Add the gradients of rows idx[lo:hi] to ``part``; return their loss sum (float64).
 
-    Three passes over the chunk (logits, losses, axpys): the exp/log1p of one row no longer
-    sits between that row's dot and axpy, so the transcendental calls of consecutive rows
-    overlap (~1.25x faster than a fused row loop on float32, d=100).
+    Passes over the chunk (logits, exp, losses, axpys): the exp/log1p of a row no longer
+    sits between its dot and axpy, and the middle passes are SIMD loops over the chunk
+    (:mod:`mpisgd.kernels.vmath`) instead of one C-library call per value.
     """
+    n = hi - lo
     for t in range(lo, hi):
         z[t - lo] = _affine(X, idx[t], theta)
+    for t in range(n):
+        e[t] = -abs(z[t])
+    exp_nonpos(e[:n], e[:n], bits[:n])
     loss = 0.0
-    for t in range(hi - lo):
-        zt = z[t]
+    for t in range(n):
+        zt, et = z[t], e[t]
         yt = np.float64(y[idx[lo + t]])
         # log(1 + exp(-|z|)) + max(z, 0) - y z: never overflows, exact for large |z|.
-        e = np.exp(-abs(zt))
-        loss += np.log1p(e) + max(zt, 0.0) - yt * zt
-        r[t] = ((1.0 if zt >= 0.0 else e) / (1.0 + e)) - yt
+        loss += log1p_unit(et) + max(zt, 0.0) - yt * zt
+        r[t] = ((1.0 if zt >= 0.0 else et) / (1.0 + et)) - yt
     _axpy_rows(X, idx, lo, hi, r, part)
     return loss
 
@@ -51,10 +55,12 @@ def _block(X, y, idx, lo, hi, theta, acc):
     """Add the gradients of rows idx[lo:hi] to ``acc`` (float64) chunk by chunk; return the loss."""
     part = np.zeros(acc.shape[0], X.dtype)
     z = np.empty(CHUNK_ROWS)
+    e = np.empty(CHUNK_ROWS)
+    bits = np.empty(CHUNK_ROWS, np.int64)
     r = np.empty(CHUNK_ROWS, X.dtype)
     loss = 0.0
     for c in range(lo, hi, CHUNK_ROWS):
-        loss += _chunk(X, y, idx, c, min(c + CHUNK_ROWS, hi), theta, part, z, r)
+        loss += _chunk(X, y, idx, c, min(c + CHUNK_ROWS, hi), theta, part, z, e, bits, r)
         fold(part, acc)
     return loss
 

@@ -14,6 +14,7 @@ from mpisgd.kernels.options import (
     pjit,
     reduce_blocks,
 )
+from mpisgd.kernels.vmath import exp_nonpos
 
 
 @njit
@@ -81,12 +82,14 @@ def _axpy4(X, i0, i1, i2, i3, r0, r1, r2, r3, g):
 
 
 @njit
-def _chunk(X, y, idx, lo, hi, W, b, gW, gb, Z, R):
+def _chunk(X, y, idx, lo, hi, W, b, gW, gb, Z, R, E, M, bits):
     """Add the gradients of rows idx[lo:hi] to (gW, gb); return their loss sum (float64).
 
     Three passes over the chunk (logits, softmax, axpys) four rows at a time, so the exps of
-    a row do not stall its axpys and each load of W or of gW serves four rows. ``Z`` float64
-    and ``R`` (X's dtype) are (CHUNK_ROWS + 4, C) scratch.
+    a row do not stall its axpys and each load of W or of gW serves four rows; the chunk's
+    exps are one SIMD loop (:mod:`mpisgd.kernels.vmath`). ``Z``, ``E`` float64 and ``R``
+    (X's dtype) are (CHUNK_ROWS + 4, C) scratch, ``M`` float64 and ``bits`` int64 hold a
+    value per row and per logit.
     """
     C = W.shape[0]
     n = hi - lo
@@ -96,14 +99,25 @@ def _chunk(X, y, idx, lo, hi, W, b, gW, gb, Z, R):
         for c in range(C):
             Z[k, c], Z[k + 1, c], Z[k + 2, c], Z[k + 3, c] = _dot4(X, i0, i1, i2, i3, W[c], b[c])
     loss = 0.0
-    for t in range(n):
-        z = Z[t]
-        yt = y[idx[lo + t]]
-        zy = z[yt]
-        loss += _softmax(z, z) - zy
-        z[yt] -= 1.0  # z now holds dloss/dlogits = p - onehot(y)
+    for t in range(n):   # shift each row by its max, so that every exp argument is <= 0
+        zmax = -np.inf
         for c in range(C):
-            R[t, c] = z[c]
+            zmax = max(zmax, Z[t, c])
+        M[t] = zmax
+        for c in range(C):
+            E[t, c] = Z[t, c] - zmax
+    flat = E.reshape(-1)[: n * C]
+    exp_nonpos(flat, flat, bits[: n * C])   # the chunk's n C exps as one SIMD loop
+    for t in range(n):
+        total = 0.0
+        for c in range(C):
+            total += E[t, c]
+        yt = y[idx[lo + t]]
+        loss += M[t] + np.log(total) - Z[t, yt]
+        inv = 1.0 / total  # one division per row instead of C
+        for c in range(C):
+            R[t, c] = E[t, c] * inv   # dloss/dlogits = p - onehot(y)
+        R[t, yt] -= 1.0
     R[n : n + 4] = 0
     for t in range(lo, hi, 4):
         i0, i1, i2, i3 = _quad(idx, t, hi)
@@ -123,9 +137,13 @@ def _block(X, y, idx, lo, hi, theta, acc):
     gW, gb = _split(part, d)
     Z = np.empty((CHUNK_ROWS + 4, b.shape[0]))
     R = np.empty((CHUNK_ROWS + 4, b.shape[0]), X.dtype)
+    E = np.empty((CHUNK_ROWS + 4, b.shape[0]))
+    M = np.empty(CHUNK_ROWS + 4)
+    bits = np.empty((CHUNK_ROWS + 4) * b.shape[0], np.int64)
     loss = 0.0
     for c in range(lo, hi, CHUNK_ROWS):
-        loss += _chunk(X, y, idx, c, min(c + CHUNK_ROWS, hi), W, b, gW, gb, Z, R)
+        loss += _chunk(X, y, idx, c, min(c + CHUNK_ROWS, hi), W, b, gW, gb, Z, R, E, M,
+                       bits)
         fold(part, acc)
     return loss
 

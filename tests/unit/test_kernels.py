@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import mpisgd.kernels as K
+from mpisgd.kernels.vmath import exp_nonpos, log1p_unit
 from mpisgd.errors import ConfigError, DataError
 
 DTYPES = (np.float32, np.float64)
@@ -309,3 +310,23 @@ def test_kernels_load_without_scipy_linalg():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+
+
+def test_vectorised_exp_and_log1p_match_numpy():
+    """kernels.vmath against NumPy's C-library exp/log1p over the logistic kernel's range
+    (arguments <= 0), tiny values and the clamp: within 1 and 4 ulps."""
+    rng = np.random.default_rng(3)
+    x = -np.concatenate([np.abs(rng.standard_normal(20000) * 10), rng.uniform(0, 700, 20000),
+                         np.linspace(0, 1e-8, 100), [0.0, 1e-300]])
+    out, bits = np.empty_like(x), np.empty(x.size, np.int64)
+    exp_nonpos(x, out, bits)
+    ref = np.exp(x)
+    assert np.max(np.abs(out - ref) / np.spacing(ref)) <= 1.0
+    logs = np.array([log1p_unit(v) for v in out[::50]])
+    lref = np.log1p(out[::50])
+    ok = lref > 0
+    assert np.max(np.abs(logs - lref)[ok] / np.spacing(lref[ok])) <= 4.0
+    assert log1p_unit(0.0) == 0.0 and abs(log1p_unit(1.0) - np.log(2.0)) <= 2e-16
+    clamped = np.empty(2)
+    exp_nonpos(np.array([-745.0, -1e4]), clamped, np.empty(2, np.int64))
+    assert np.all((clamped > 0) & (clamped <= 2.3e-308))
