@@ -19,6 +19,7 @@ from mpisgd.data import DatasetInfo
 from mpisgd.data.scale import Scaler
 from mpisgd.models import ModelSpec
 from mpisgd.report import cost
+from mpisgd.report.advice import Advice
 from mpisgd.report.timeline import Timeline
 from mpisgd.store import runfolder
 
@@ -64,6 +65,8 @@ class Context:
     # data.standardize: the training rows' per-feature mean and scale, applied to every
     # row this run reads (training and held-out) and stored in model.h5
     scaler: Scaler | None = None
+    # warnings about the run's course (divergence, batch, majority class): summary.json
+    advice: Advice = field(default_factory=Advice)
 
 
 class Effective:

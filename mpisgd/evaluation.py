@@ -57,6 +57,8 @@ def objective(ctx: Context, theta: np.ndarray) -> float:
     else:   # storage placement: stream this rank's block, training rows only
         total = np.zeros(1)
         for X, y, pick in iter_selected(ctx.info, ctx.row0, ctx.train_rows):
+            if ctx.scaler is not None:   # raw rows from the files, as training saw them
+                ctx.scaler.transform(X, out=X)
             total[0] += kernels.spec_loss_grad(ctx.spec, X, y, pick, theta, grad)
     ctx.topo.world.Allreduce(MPI.IN_PLACE, total)
     w = theta[ctx.l2_mask].astype(np.float64)
@@ -69,6 +71,9 @@ def truth_distance(ctx: Context, theta: np.ndarray) -> dict:
     if ctx.info.true_w is None or ctx.model != "linear":
         return {}
     w, b = kernels.weights(ctx.model, theta, ctx.n_features, ctx.n_classes)
+    if ctx.scaler is not None:   # w.(x - m)/s + b = (w/s).x + (b - (w/s).m): raw units
+        w = w.astype(np.float64) / ctx.scaler.scale
+        b = b - w @ ctx.scaler.mean
     tw = np.asarray(ctx.info.true_w, dtype=np.float64)
     out = {"weight_rel_error": float(np.linalg.norm(w - tw) / max(np.linalg.norm(tw), 1e-300))}
     if ctx.info.true_b is not None:

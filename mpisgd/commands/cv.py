@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from mpisgd.comm import Topology, bcast_value
-from mpisgd.commands.common import ArgParser, load_job, on_world
+from mpisgd.commands.common import (
+    ArgParser,
+    add_job_arguments,
+    claim_out,
+    load_job,
+    on_world,
+)
 from mpisgd.config import JobConfig, replace
 from mpisgd.errors import ConfigError
 from mpisgd.report.metrics import format_metrics
@@ -33,21 +39,20 @@ from mpisgd.store.atomic import write_json
 from mpisgd.train import run
 
 USAGE = ("python -m mpisgd cv [JOB.toml] --folds K [--set key=value ...] [--out DIR] "
-         "[--debug]")
+         "[--overwrite] [--verbose] [--debug]")
 DEFAULT_FOLDS = 5
 
 
 def _parser() -> ArgParser:
     p = ArgParser(prog="mpisgd cv", usage=USAGE,
-                  description="k-fold cross-validation: train and test every fold in turn.")
-    p.add_argument("job", nargs="?", help="job file (TOML); default: the built-in example")
+                  description="k-fold cross-validation: train and test every fold in turn "
+                              "on all ranks; prints each fold's test metrics and their mean "
+                              "and standard deviation, writes cv.json.")
+    add_job_arguments(p, "cv folder: fold-k/ run folders and cv.json (default: the job's "
+                         "output.dir, else a new folder under runs/); one holding an "
+                         "earlier cv needs --overwrite")
     p.add_argument("--folds", type=int, help=f"number of folds K >= 2 (default: the job's "
                    f"data.folds if set, else {DEFAULT_FOLDS})")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a job key, e.g. optimizer.lr=0.05")
-    p.add_argument("--out", help="cv folder: fold-k/ run folders and cv.json (default: the "
-                   "job's output.dir, else a new folder under runs/)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     return p
 
 
@@ -65,8 +70,12 @@ def main(argv: list[str]) -> int:
         exc.agreed = True  # every rank read the same file and flags: same verdict
         raise
     out = args.out or cfg.output.dir or None
-    return on_world(lambda topo: run_cv(cfg, topo, out), cfg.topology.ranks_per_node,
-                    stoppable=True)
+
+    def body(topo: Topology) -> None:
+        claim_out(topo, out, overwrite=args.overwrite)
+        run_cv(cfg, topo, out)
+
+    return on_world(body, cfg.topology.ranks_per_node, stoppable=True, verbose=args.verbose)
 
 
 def _make_root(cfg: JobConfig, out: str | None) -> Path:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 import numpy as np
 
-from mpisgd.data.convert import convert
-from mpisgd.data.format import DTYPES, DatasetInfo, open_dataset
+from mpisgd.data.convert import ConvertWarning, convert
+from mpisgd.data.format import DTYPES, DatasetInfo, label_text, open_dataset
 from mpisgd.data.inputs import FORMATS
+from mpisgd.data.missing import POLICIES
 from mpisgd.data.read import default_block_rows, iter_blocks
 from mpisgd.data.synth import KINDS, synth_to_folder
 from mpisgd.errors import MpisgdError
@@ -39,10 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("input", metavar="INPUT")
     c.add_argument("output", metavar="OUTPUT",
                    help="a .h5 file, or a folder of shards (other names or --rows-per-shard)")
-    c.add_argument("--task", choices=TASKS, default=None, help="default: inferred from labels")
+    c.add_argument("--task", choices=TASKS, default=None,
+                   help="default: inferred from the labels (integers or words: classes, "
+                        "2 of them binary; a warning when there are many classes for the "
+                        "rows; other numbers: regression)")
     c.add_argument("--classes", type=int, default=None, help="number of classes")
     c.add_argument("--label-column", default="-1",
-                   help="CSV label column: index (negative counts from the end) or header name")
+                   help="CSV label column: 0-based index (negative counts from the end) or "
+                        "header name; default: the last")
+    c.add_argument("--missing", choices=POLICIES, default="error",
+                   help="missing values (empty field, NA, nan, ?): error naming the column "
+                        "(default), drop the row, fill with zero or the column mean")
+    c.add_argument("--zero-based", action="store_true",
+                   help="LIBSVM feature indices start at 0 (scikit-learn's "
+                        "dump_svmlight_file(zero_based=True))")
     c.add_argument("--dtype", choices=DTYPES, default="float32")
     c.add_argument("--rows-per-shard", type=int, default=None)
     c.add_argument("--features", type=int, default=None, help="n_features (LIBSVM)")
@@ -118,9 +130,11 @@ def _info(args) -> int:
            f"dtype:     {info.dtype}",
            f"shards:    {info.n_shards}"]
     out += [f"  {shard}  {rows} rows" for shard, rows in zip(info.shards, info.rows)]
-    if info.label_values is not None:
+    classes = None if info.label_values is None else \
+        [label_text(v) for v in info.label_values]
+    if classes is not None:
         out.append("labels:    class=original: " + ", ".join(
-            f"{k}={v:g}" for k, v in enumerate(info.label_values)))
+            f"{k}={v}" for k, v in enumerate(classes)))
     if info.true_w is not None:
         out.append(f"true_w:    present, shape {info.true_w.shape}, "
                    f"norm {np.linalg.norm(info.true_w):.6g}")
@@ -138,7 +152,9 @@ def _info(args) -> int:
             out.append(f"  {name:>{width}} {m.mean[j]:12.6g} {m.std[j]:12.6g} "
                        f"{m.lo[j]:12.6g} {m.hi[j]:12.6g}")
         if info.task != "regression":
-            out.append("class counts: " + ", ".join(f"{c}: {n}" for c, n in enumerate(counts)))
+            out.append("class counts: " + ", ".join(
+                f"{c}{'' if classes is None else f' ({classes[c]})'}: {n}"
+                for c, n in enumerate(counts)))
             if outside:
                 out.append(f"labels outside 0..{info.n_classes - 1}: {outside}")
         out.append(f"non-finite values: {nonfinite}")
@@ -159,10 +175,16 @@ def _convert(args) -> int:
     column = args.label_column
     if column.lstrip("-").isdigit():
         column = int(column)
-    info = convert(args.input, args.output, task=args.task, n_classes=args.classes,
-                   label_column=column, dtype=args.dtype, rows_per_shard=args.rows_per_shard,
-                   n_features=args.features, input_format=args.format,
-                   overwrite=args.overwrite, shuffle=args.shuffle)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvertWarning)
+        info = convert(args.input, args.output, task=args.task, n_classes=args.classes,
+                       label_column=column, dtype=args.dtype,
+                       rows_per_shard=args.rows_per_shard, n_features=args.features,
+                       input_format=args.format, overwrite=args.overwrite,
+                       shuffle=args.shuffle, missing=args.missing,
+                       zero_based=args.zero_based)
+    for w in caught:
+        print(f"mpisgd: warning: {w.message}", file=sys.stderr)
     print(f"wrote {_summary(info)}")
     return 0
 

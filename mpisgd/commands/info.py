@@ -5,6 +5,7 @@ Imports numba: the caller sets numba's cache folder first (see :mod:`mpisgd.cli`
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -19,6 +20,12 @@ from mpisgd import __version__
 
 def main(argv: list[str]) -> int:
     """Print one line per component on rank 0 (any rank may run it)."""
+    argparse.ArgumentParser(
+        prog="mpisgd info", usage="python -m mpisgd info",
+        description="Versions of everything that decides how mpisgd runs here: Python, "
+                    "mpi4py and the MPI library, NumPy, numba (threading layer, threads, "
+                    "cache folder), h5py and HDF5. One process, no mpiexec needed.",
+    ).parse_args(argv)
     lib = MPI.Get_library_version().strip().splitlines()[0]
     try:
         layer = numba.threading_layer()

@@ -1,12 +1,15 @@
 """``mpisgd eval`` and ``mpisgd predict``: score or apply a trained model.h5, distributed.
 
     python -m mpisgd eval MODEL.h5 --data PATH [--out metrics.json]
-    python -m mpisgd predict MODEL.h5 --data PATH --out PRED.h5
+    python -m mpisgd predict MODEL.h5 --data PATH --out PRED.h5|PRED.csv|PRED.npy
 
-Every rank takes a contiguous block of the dataset's rows (``block_range``) and streams
-it in bounded blocks; nobody reads the whole file. ``eval`` reduces metric sums (one
-Allreduce), so no row is gathered. ``predict`` writes one HDF5 file; see
-:func:`predict_file` for how the ranks take turns writing it.
+MODEL.h5 may be solve's oracle.h5 or a run folder. Every rank takes a contiguous block of
+the dataset's rows (``block_range``) and streams it in bounded blocks; nobody reads the
+whole file. Rows go through the model's standardisation and kernel exactly as in
+``mpisgd.load_model`` (:mod:`mpisgd.predictor`). ``eval`` reduces metric sums (one
+Allreduce), so no row is gathered. ``predict`` writes one file in the user's labels
+(:mod:`mpisgd.commands.predout`); see :func:`predict_file` for how the ranks take turns
+writing it.
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import h5py
 import numpy as np
 from mpi4py import MPI
 
-from mpisgd import __version__, kernels
+from mpisgd import kernels
 from mpisgd.comm import Topology, agree, agreed_call, bcast_value
 from mpisgd.commands.common import ArgParser, on_world
+from mpisgd.commands.predout import Sink, pred_attrs, sink_class
 from mpisgd.data import DatasetInfo, check_values, iter_blocks, open_dataset
+from mpisgd.data.format import label_text, same_labels
 from mpisgd.data.partition import block_range
 from mpisgd.data.read import default_block_rows
 from mpisgd.errors import DataError, OutputError
+from mpisgd.predictor import TrainedModel
 from mpisgd.report.metrics import (
     classification_sums,
     classification_width,
@@ -36,10 +41,8 @@ from mpisgd.report.metrics import (
 )
 from mpisgd.runtime.log import say
 from mpisgd.store.atomic import publish, temporary_name, write_json
-from mpisgd.store.modelfile import Model, load_model
+from mpisgd.store.modelfile import load_model
 
-MODEL_FORMAT = "mpisgd-model"
-PRED_FORMAT = "mpisgd-predictions"
 # Rows per prediction block: bounds the memory of X and of the model's activations.
 BLOCK_ROWS = 65536
 # Predictions a rank computes ahead, before its turn to write comes (see predict_file).
@@ -47,43 +50,55 @@ AHEAD_BYTES = 64 << 20
 _TOKEN_TAG = 7301
 
 EVAL_USAGE = "python -m mpisgd eval MODEL.h5 --data PATH [--out metrics.json] [--debug]"
-PREDICT_USAGE = "python -m mpisgd predict MODEL.h5 --data PATH --out PRED.h5 [--debug]"
+PREDICT_USAGE = ("python -m mpisgd predict MODEL.h5 --data PATH --out PRED.h5|PRED.csv|PRED.npy "
+                 "[--debug]")
 
 
 # ---------------------------------------------------------------------------------
-def check_data(model: Model, info: DatasetInfo, labels: bool) -> None:
+def _text(values) -> str:
+    return "[" + ", ".join(label_text(v) for v in values) + "]"
+
+
+def check_data(model: TrainedModel, info: DatasetInfo, labels: bool) -> None:
     """The dataset fits the model: same features; with ``labels`` also the same task and
-    classes. Identical on every rank; raises DataError."""
-    nf = model.spec.n_features
+    classes (in the same original labels). Identical on every rank; raises DataError."""
+    nf = model.n_features_in_
     if info.n_features != nf:
         raise DataError(f"data '{info.path}' has {info.n_features} features but model "
                         f"'{model.path}' was trained on {nf}; give data with the training "
                         f"data's columns.")
-    if labels and (info.task, info.n_classes) != (model.task, model.n_classes):
+    n_classes = model.model.n_classes
+    if labels and (info.task, info.n_classes) != (model.task, n_classes):
         raise DataError(f"data '{info.path}' is a {info.task} task with {info.n_classes} "
                         f"classes but model '{model.path}' was trained on a {model.task} "
-                        f"task with {model.n_classes}; metrics need labels of the same kind.")
+                        f"task with {n_classes}; metrics need labels of the same kind.")
+    # Data written without label_values (write_shard, synth) says nothing to compare.
+    theirs = info.label_values
+    if labels and model.task != "regression" and theirs is not None \
+            and not same_labels(theirs, model.classes_):
+        raise DataError(f"the classes 0..{n_classes - 1} of data '{info.path}' stand for the "
+                        f"labels {_text(theirs)}, but the model's for {_text(model.classes_)}; "
+                        "convert the data so that its labels map to the same classes as the "
+                        "training data's.")
 
 
-def _predict_blocks(model: Model, info: DatasetInfo, lo: int, hi: int,
+def _predict_blocks(model: TrainedModel, info: DatasetInfo, lo: int, hi: int,
                     check: bool) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """(first row, y, model output) per bounded block of rows [lo, hi); local, no MPI.
 
-    The output is in the data's dtype: theta is cast to it (exact from float32 up).
+    The output is in the data's dtype (:meth:`TrainedModel.outputs`).
     """
-    theta = model.theta.astype(info.dtype, copy=False)
     rows = min(BLOCK_ROWS, default_block_rows(info.n_features, info.dtype.itemsize))
     for first, X, y in iter_blocks(info, lo, hi, rows):
         if check:
             check_values(X, y, info, where=f"rows [{first}, {first + len(y)}) of "
                                            f"'{info.path}'", first_row=first)
-        yield first, y, kernels.spec_predict(model.spec, X, theta)
+        yield first, y, model.outputs(np.ascontiguousarray(X))
 
 
-def _warm_up(topo: Topology, model: Model, info: DatasetInfo) -> None:
+def _warm_up(topo: Topology, model: TrainedModel, info: DatasetInfo) -> None:
     """Collective: compile the predict kernel on one rank per node, then the others load
     numba's cache (ranks compiling at once on shared cores take ranks times as long)."""
-    theta = model.theta.astype(info.dtype)
     X = np.zeros((1, info.n_features), dtype=info.dtype)
     notice = kernels.compile_notice(model.spec) if topo.rank == 0 else None
     if notice:
@@ -92,17 +107,17 @@ def _warm_up(topo: Topology, model: Model, info: DatasetInfo) -> None:
         error = None
         if (topo.local_rank == 0) == (turn == 0):
             try:
-                kernels.spec_predict(model.spec, X, theta)
+                model.outputs(X)
             except Exception as exc:  # noqa: BLE001 - agreed below
                 error = exc
         agree(topo.world, error)
 
 
 def _open_inputs(topo: Topology, model_path: str, data_path: str,
-                 labels: bool) -> tuple[Model, DatasetInfo]:
+                 labels: bool) -> tuple[TrainedModel, DatasetInfo]:
     """Collective: rank 0 reads the model (broadcast), every rank opens the data's
     metadata; all problems are agreed."""
-    model = bcast_value(topo.world, lambda: load_model(model_path))
+    model = TrainedModel(bcast_value(topo.world, lambda: load_model(model_path)))
     info = agreed_call(topo.world, open_dataset, data_path)
     agreed_call(topo.world, check_data, model, info, labels)
     _warm_up(topo, model, info)
@@ -112,13 +127,13 @@ def _open_inputs(topo: Topology, model_path: str, data_path: str,
 # ---------------------------------------------------------------------------------
 # eval
 
-def _local_sums(model: Model, info: DatasetInfo, lo: int, hi: int) -> np.ndarray:
+def _local_sums(model: TrainedModel, info: DatasetInfo, lo: int, hi: int) -> np.ndarray:
     """This rank's metric sums over rows [lo, hi), values checked; local, no MPI."""
-    regression = model.task == "regression"
-    sums = np.zeros(5 if regression else classification_width(model.n_classes))
+    regression, n_classes = model.task == "regression", model.model.n_classes
+    sums = np.zeros(5 if regression else classification_width(n_classes))
     for _, y, out in _predict_blocks(model, info, lo, hi, check=True):
         sums += (regression_sums(out, y) if regression
-                 else classification_sums(out, y, model.n_classes, auc=True))
+                 else classification_sums(out, y, n_classes, auc=True))
     return sums
 
 
@@ -133,16 +148,17 @@ def evaluate_file(topo: Topology, model_path: str, data_path: str) -> dict:
     sums = agreed_call(world, _local_sums, model, info, lo, hi)
     world.Allreduce(MPI.IN_PLACE, sums)
     metrics = (finish_regression(sums) if model.task == "regression"
-               else finish_classification(sums, model.n_classes))
+               else finish_classification(sums, model.model.n_classes))
     return {"model": model.path, "data": info.path, "task": model.task,
-            "model_name": model.spec.name, "world_size": topo.size, "metrics": metrics}
+            "model_name": model.model_name, "world_size": topo.size, "metrics": metrics}
 
 
 def eval_main(argv: list[str]) -> int:
     """``mpisgd eval``: every rank runs it (collective over the world)."""
     p = ArgParser(prog="mpisgd eval", usage=EVAL_USAGE,
                   description="Metrics of a trained model on a dataset, computed by all ranks.")
-    p.add_argument("model", help="model.h5 written by training (or its run folder)")
+    p.add_argument("model", help="model.h5 written by training, solve's oracle.h5, or the "
+                                 "run folder holding one")
     p.add_argument("--data", required=True, help="HDF5 shard file or folder with labels")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
@@ -167,47 +183,39 @@ def _eval(topo: Topology, args) -> None:
 # ---------------------------------------------------------------------------------
 # predict
 
-def _create_output(out: Path, model: Model, info: DatasetInfo) -> Path:
-    """Rank 0: the temporary prediction file with every dataset sized for all rows."""
+def _create_output(out: Path, model: TrainedModel, info: DatasetInfo) -> Path:
+    """Rank 0: the temporary prediction file, sized for all rows (HDF5, NumPy) or with
+    its header (CSV); returns its name."""
     if out.is_dir():
         raise OutputError(f"--out '{out}' is a folder; expected a file name such as "
                           f"'{out / 'pred.h5'}'.")
-    tmp = temporary_name(out)
-    n, task = info.n_rows, model.task
+    sink = sink_class(str(out))(model, info, temporary_name(out))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(tmp, "w", locking=False) as f:
-            f.create_dataset("pred", shape=(n,),
-                             dtype=info.dtype if task == "regression" else np.int64)
-            if task != "regression":
-                outputs = model.spec.n_outputs
-                f.create_dataset("proba", shape=(n,) if outputs == 1 else (n, outputs),
-                                 dtype=info.dtype)
-            f.attrs.update(format=PRED_FORMAT, format_version=1, model=model.path,
-                           data=info.path, task=task, n_classes=model.n_classes,
-                           model_name=model.spec.name, n_rows=n,
-                           mpisgd_version=__version__)
+        sink.create(pred_attrs(model, info))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        sink.tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write '{out}': {exc.strerror or exc}.") from None
-    return tmp
+    return sink.tmp
 
 
-def _labels(out: np.ndarray) -> np.ndarray:
-    """Class labels from model outputs: P(y=1) >= 0.5 for (n,), argmax for (n, C)."""
-    if out.ndim == 1:
-        return (out >= 0.5).astype(np.int64)
-    return np.argmax(out, axis=1).astype(np.int64)
+def _write(sink: Sink, task: str, first: int, out: np.ndarray) -> None:
+    """Write one block of model outputs at global rows [first, ...); the token holder
+    only. (``task``: the model's; this is the one call per block, a test's hook.)"""
+    sink.write(first, out)
 
 
-def _write(f: h5py.File, task: str, first: int, out: np.ndarray) -> None:
-    """Write one block of model outputs at global rows [first, ...); the token holder only."""
-    rows = slice(first, first + out.shape[0])
-    if task == "regression":
-        f["pred"][rows] = out
-    else:
-        f["pred"][rows] = _labels(out)
-        f["proba"][rows] = out
+def _write_rows(sink: Sink, task: str, ahead: list, blocks: Iterator) -> None:
+    """The token holder: its rows into the file in order, those read ahead first."""
+    sink.open()
+    try:
+        for first, pred in ahead:
+            _write(sink, task, first, pred)
+        ahead.clear()
+        for first, _, pred in blocks:
+            _write(sink, task, first, pred)
+    finally:
+        sink.close()
 
 
 def _wait_token(comm: MPI.Intracomm, source: int) -> bool:
@@ -227,26 +235,30 @@ def _wait_token(comm: MPI.Intracomm, source: int) -> bool:
 
 
 def predict_file(topo: Topology, model_path: str, data_path: str, out_path: str) -> dict:
-    """Collective over the world: predictions for every row of the dataset in one file.
+    """Collective over the world: predictions for every row of the dataset in one file,
+    in the format of ``out_path``'s extension (:mod:`mpisgd.commands.predout`).
 
-    ``pred`` (n,) holds the regression value or the class label, ``proba`` the model's
-    class probabilities: (n,) P(y=1) for a one-output binary model, (n, C) otherwise.
+    The predictions are the regression values or the class labels in the user's labels
+    (the model's ``classes``); HDF5 and CSV also hold the class probabilities.
 
-    h5py without MPI-IO cannot write one file from several processes at once, so the
-    ranks take turns in rank order, passing a token: rank 0 creates the file with every
-    dataset sized for all rows under a temporary name, then each rank in turn opens it,
-    writes its rows and closes it (close flushes, so the next rank, on any node, sees
-    the writes). While a rank waits for its turn it already reads its rows and keeps up
-    to AHEAD_BYTES of their predictions, so reading and computing run in parallel; only
-    the rows past that budget are read while holding the token. The token also carries failure:
-    a rank that failed passes "failed" on and the ranks after it skip writing; then all
-    agree on the error and rank 0 deletes the temporary file. On success rank 0 renames
-    it to ``out_path`` (atomic: never a partial file under that name).
+    h5py without MPI-IO cannot write one file from several processes at once (nor can
+    a CSV be appended to by several), so the ranks take turns in rank order, passing a
+    token: rank 0 creates the file sized for all rows under a temporary name, then each
+    rank in turn opens it, writes its rows and closes it (close flushes, so the next
+    rank, on any node, sees the writes). While a rank waits for its turn it already
+    reads its rows and keeps up to AHEAD_BYTES of their predictions, so reading and
+    computing run in parallel; only the rows past that budget are read while holding
+    the token. The token also carries failure: a rank that failed passes "failed" on and
+    the ranks after it skip writing; then all agree on the error and rank 0 deletes the
+    temporary file. On success rank 0 renames it to ``out_path`` (atomic: never a
+    partial file under that name).
     """
     world, rank, size = topo.world, topo.rank, topo.size
+    sink_class(out_path)   # a wrong extension stops every rank before any work
     model, info = _open_inputs(topo, model_path, data_path, labels=False)
     out = Path(out_path).resolve()
     tmp = bcast_value(world, lambda: _create_output(out, model, info))
+    sink = sink_class(out_path)(model, info, tmp)
     try:
         lo, hi = block_range(info.n_rows, size, rank)
         blocks = _predict_blocks(model, info, lo, hi, check=False)
@@ -263,12 +275,7 @@ def predict_file(topo: Topology, model_path: str, data_path: str, out_path: str)
         upstream_ok = _wait_token(world, rank - 1) if rank > 0 else True
         if upstream_ok and error is None and hi > lo:
             try:
-                with h5py.File(tmp, "r+", locking=False) as f:
-                    for first, pred in ahead:
-                        _write(f, model.task, first, pred)
-                    ahead.clear()
-                    for first, _, pred in blocks:
-                        _write(f, model.task, first, pred)
+                _write_rows(sink, model.task, ahead, blocks)
             except Exception as exc:  # noqa: BLE001 - passed on with the token, agreed below
                 error = exc
         blocks.close()
@@ -296,11 +303,16 @@ def _publish(tmp: Path, out: Path) -> None:
 def predict_main(argv: list[str]) -> int:
     """``mpisgd predict``: every rank runs it (collective over the world)."""
     p = ArgParser(prog="mpisgd predict", usage=PREDICT_USAGE,
-                  description="Predictions of a trained model for every row of a dataset, "
-                              "written by all ranks into one HDF5 file.")
-    p.add_argument("model", help="model.h5 written by training (or its run folder)")
+                  description="Predictions of a trained model for every row of a dataset, in "
+                              "the training data's original labels, written by all ranks "
+                              "into one file.")
+    p.add_argument("model", help="model.h5 written by training, solve's oracle.h5, or the "
+                                 "run folder holding one")
     p.add_argument("--data", required=True, help="HDF5 shard file or folder")
-    p.add_argument("--out", required=True, help="the prediction file to write (HDF5)")
+    p.add_argument("--out", required=True,
+                   help="the prediction file to write; its extension sets the format: .h5 "
+                        "(predictions, probabilities, classes), .csv (a header, the "
+                        "prediction and a probability per class) or .npy (predictions)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for every error")
     args = p.parse_args(argv)
     return on_world(lambda topo: _predict(topo, args))

@@ -159,10 +159,18 @@ def _nested(key: str, value: Any) -> dict:
     return value
 
 
+def _validate_optimizer(opt: OptimizerConfig) -> None:
+    if opt.nesterov and opt.momentum == 0.0:
+        raise ConfigError("optimizer.nesterov = true needs optimizer.momentum > 0.")
+    if opt.name == "ftrl":
+        raise ConfigError("optimizer.name = 'ftrl' updates sparse models (docs/sparse.md), "
+                          "which are not trained yet; dense models use 'sgd', 'adagrad', "
+                          "'adam' or 'adamw'.")
+
+
 def validate(cfg: JobConfig) -> None:
     """Cross-field rules that single-key checks cannot see."""
-    if cfg.optimizer.nesterov and cfg.optimizer.momentum == 0.0:
-        raise ConfigError("optimizer.nesterov = true needs optimizer.momentum > 0.")
+    _validate_optimizer(cfg.optimizer)
     if not cfg.data.train and cfg.data.test:
         raise ConfigError("data.test is set but data.train is empty; give both or neither.")
     if cfg.ps.backup_workers and cfg.ps.consistency != "bsp":

@@ -110,7 +110,7 @@ DEFAULT_JOB = Path(__file__).parent.parent / "default_job.toml"
 MODES = ("allreduce", "local", "ps")
 MODEL_NAMES = NAMES
 SYNTH_KINDS = ("linear", "logistic", "multiclass")
-OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw", "ftrl")
 SCHEDULES = ("constant", "invscaling", "step", "cosine")
 
 
@@ -144,6 +144,9 @@ class DataConfig(Section):
     test_fraction: float = _f(0.2, Check("float", lo=0.0, hi=1.0, hi_open=True),
                               "share of train rows held out when data.test is empty")
     check_values: bool = _f(True, Check("bool"), "scan for NaN/Inf and bad labels at load")
+    standardize: bool = _f(False, Check("bool"),
+                           "train on (x - mean) / std per feature, both from the training "
+                           "rows (all ranks); applied to held-out rows, stored in model.h5")
     folds: int = _f(0, INT0, "k-fold: split rows into this many folds (0: use test_fraction)")
     fold: int = _f(0, INT0, "k-fold: the fold held out as the test set (0-based)")
     placement: str = _f("partition", Check("choice", choices=("partition", "storage",
@@ -167,7 +170,8 @@ class DataConfig(Section):
 
 @dataclass
 class OptimizerConfig(Section):
-    name: str = _f("sgd", Check("choice", choices=OPTIMIZERS), "update rule")
+    name: str = _f("sgd", Check("choice", choices=OPTIMIZERS),
+                   "update rule (ftrl: sparse models only, docs/sparse.md)")
     lr: float = _f(0.1, POS, "base learning rate")
     momentum: float = _f(0.0, Check("float", lo=0.0, hi=1.0, hi_open=True), "heavy-ball momentum")
     nesterov: bool = _f(False, Check("bool"), "Nesterov momentum")
@@ -182,6 +186,11 @@ class OptimizerConfig(Section):
     eps: float = _f(1e-8, POS, "adagrad/adam/adamw: epsilon")
     weight_decay: float = _f(0.01, NONNEG, "adamw: decoupled weight decay")
     clip_norm: float = _f(0.0, NONNEG, "clip the gradient to this global L2 norm (0: off)")
+    ftrl_beta: float = _f(1.0, NONNEG, "ftrl: per-key rate lr / (ftrl_beta + sqrt(sum of "
+                                       "squared gradients)); lr is FTRL's alpha")
+    ftrl_l1: float = _f(0.0, NONNEG, "ftrl: L1 strength; a key whose abs(z) <= ftrl_l1 has weight "
+                                     "exactly 0 (docs/sparse.md)")
+    ftrl_l2: float = _f(0.0, NONNEG, "ftrl: L2 strength")
 
 
 @dataclass

@@ -24,8 +24,17 @@ from mpisgd.errors import DataError
 from mpisgd.models import TASKS
 
 FORMAT_NAME = "mpisgd"
-FORMAT_VERSION = 1
+# The newest version this reads and writes. Version 2 only adds label_values that are
+# strings (class names); a shard is written as version 1 unless it has them
+# (``shard_version``), so that an older mpisgd refuses such a file by its version
+# instead of misreading the names, and reads every other file as before.
+FORMAT_VERSION = 2
 DTYPES = ("float32", "float64")
+# Inputs ``mpisgd data convert`` reads, by file name ending: a user who gives one where a
+# dataset belongs is told to convert it (compressed text: the ending before .gz etc.).
+CONVERTIBLE = {".csv": "CSV", ".tsv": "CSV", ".txt": "text", ".npz": "NumPy .npz",
+               ".svm": "LIBSVM", ".libsvm": "LIBSVM", ".svmlight": "LIBSVM"}
+_COMPRESSED = (".gz", ".bz2", ".xz")
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,42 @@ def check_truth(true_w, true_b, n_features, task, n_classes, where: str):
     return true_w, true_b
 
 
+def label_values_array(values) -> np.ndarray:
+    """``label_values`` as an array: str (``<U``) class names when they are strings
+    (bytes are UTF-8), else float64 numbers."""
+    a = np.asarray(values).reshape(-1)
+    items = a.tolist()
+    if a.dtype.kind in "SU" or (a.dtype.kind == "O" and
+                                any(isinstance(v, (str, bytes)) for v in items)):
+        return np.array([_text(v) for v in items], dtype=str)
+    return a.astype(np.float64)
+
+
+def shard_version(label_values) -> int:
+    """The format version of a shard with these ``label_values`` (see FORMAT_VERSION)."""
+    return 2 if label_values is not None and label_values.dtype.kind == "U" else 1
+
+
+def same_labels(a, b) -> bool:
+    """Whether two ``label_values`` (None: not recorded) give the classes the same labels."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.asarray(a), np.asarray(b)
+    if (a.dtype.kind == "U") != (b.dtype.kind == "U") or a.shape != b.shape:
+        return False
+    return bool(np.all(a == b)) if a.dtype.kind == "U" else \
+        np.array_equal(a.astype(np.float64), b.astype(np.float64))
+
+
+def label_text(v) -> str:
+    """A class label for messages and file headers: a name as it is, an integral number
+    without ``.0``, any other number in full (``repr``)."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, (str, bytes)):
+        return _text(v)
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
 def float_dtype(dtype, where: str) -> np.dtype:
     """``dtype`` as a numpy dtype; DataError unless it is one of ``DTYPES``."""
     try:
@@ -157,13 +202,58 @@ def _list_shards(path: str) -> list[str]:
         raise DataError(f"cannot list data folder '{path}': {e.strerror or e}") from e
     shards = [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
     if not shards:
+        inputs = sorted(n for n in os.listdir(path) if _input_kind(n))
+        hint = (f" It holds {', '.join(inputs[:3])}{', ...' if len(inputs) > 3 else ''}: "
+                f"convert it first: `mpisgd data convert "
+                f"{os.path.join(path, inputs[0])} {_converted_name(inputs[0], path)}`"
+                if inputs else "")
         raise DataError(f"data folder '{path}' contains no shard files; expected one or "
-                        "more '*.h5' files")
+                        f"more '*.h5' files.{hint}")
     return shards
+
+
+def _input_kind(name: str) -> str | None:
+    """'CSV', 'LIBSVM', ...: what ``mpisgd data convert`` reads, from a file name."""
+    name = name.lower()
+    for ext in _COMPRESSED:
+        name = name.removesuffix(ext)
+    return CONVERTIBLE.get(os.path.splitext(name)[1])
+
+
+def _converted_name(name: str, folder: str = "") -> str:
+    stem = os.path.basename(name)
+    for ext in _COMPRESSED:
+        stem = stem.removesuffix(ext)
+    return os.path.join(folder or os.path.dirname(name), os.path.splitext(stem)[0] + ".h5")
+
+
+def convert_hint(path: str) -> str | None:
+    """For a file that is no HDF5 at all but an input ``data convert`` reads (by its name,
+    or any text not named as HDF5): the message that says to convert it first. None
+    otherwise (a damaged shard is not to be converted)."""
+    if h5py.is_hdf5(path) or path.lower().endswith((".h5", ".hdf5")):
+        return None
+    kind = _input_kind(path)
+    if kind is None:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+            head.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None   # binary and not HDF5: a damaged file, not an input
+        kind = "text"
+    return (f"'{path}' is a {kind} file, not an mpisgd dataset (HDF5 shards); convert it "
+            f"first: `mpisgd data convert {path} {_converted_name(path)}` and give "
+            f"'{_converted_name(path)}' instead")
 
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _labels(values) -> str:
+    return "none recorded" if values is None else \
+        "[" + ", ".join(label_text(v) for v in values) + "]"
 
 
 def _attr(f: h5py.File, path: str, name: str, expected: str):
@@ -199,6 +289,9 @@ def _read_shard_meta(path: str) -> dict:
         with open_shard(path) as f:
             return _meta_from_file(f, path)
     except OSError as e:
+        hint = convert_hint(path)
+        if hint:
+            raise DataError(hint) from None
         raise DataError(f"data file '{path}' is not a readable HDF5 file (truncated or "
                         f"corrupt?): {e}") from e
 
@@ -208,9 +301,9 @@ def _meta_from_file(f: h5py.File, path: str) -> dict:
     if fmt != FORMAT_NAME:
         raise DataError(f"'{path}' has format='{fmt}'; expected format='{FORMAT_NAME}'")
     version = _int_attr(f, path, "format_version")
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         raise DataError(f"'{path}' has format_version={version}; this mpisgd reads "
-                        f"format_version={FORMAT_VERSION}")
+                        f"format_version 1 to {FORMAT_VERSION}")
     task = _text(_attr(f, path, "task", "one of " + ", ".join(TASKS)))
     n_features = _int_attr(f, path, "n_features")
     n_classes = _int_attr(f, path, "n_classes")
@@ -259,7 +352,7 @@ def _optional_meta(f: h5py.File, path: str, task: str, n_features: int,
                                  f"'{path}'")
     label_values = f.attrs.get("label_values")
     if label_values is not None:
-        label_values = np.asarray(label_values, dtype=np.float64).reshape(-1)
+        label_values = label_values_array(label_values)
         if task == "regression" or label_values.shape != (n_classes,):
             raise DataError(f"'{path}' has attribute label_values of length "
                             f"{label_values.size}; expected one value per class "
@@ -293,6 +386,13 @@ def open_dataset(path) -> DatasetInfo:
                     f"shards of '{path}' disagree: '{m['path']}' has {key}={m[key]} but "
                     f"'{first['path']}' has {key}={first[key]}; all shards must agree on "
                     "task, n_features, n_classes and dtype")
+        if not same_labels(m["label_values"], first["label_values"]):
+            # The codes 0..C-1 would stand for different labels in different shards.
+            raise DataError(
+                f"shards of '{path}' disagree: the classes of '{m['path']}' stand for the "
+                f"labels {_labels(m['label_values'])} but those of '{first['path']}' for "
+                f"{_labels(first['label_values'])}; convert the data in one go so that "
+                "every shard maps the labels to the same classes")
     n_rows = sum(m["n_rows"] for m in metas)
     if n_rows == 0:
         raise DataError(f"dataset '{path}' is empty: its shards hold 0 rows")

@@ -4,7 +4,14 @@ Each source yields ``(X float64, y float64, numbers)`` blocks, where ``numbers``
 the line (text) or row (npz) of each block row for error messages, and its labels alone
 (``labels``) for the first pass that infers the task. Text inputs may be compressed
 (``.gz``, ``.bz2``, ``.xz``) and are read in blocks of lines, so a file larger than
-memory is never held whole.
+memory is never held whole. A missing value (an empty CSV field, ``NA``, ``?``,
+``nan``, ...: ``MISSING_TOKENS``) arrives as NaN; :mod:`mpisgd.data.missing` decides
+what becomes of it, and ``column_name`` names its column as the input file does.
+
+Labels that are not numbers are class names ("words"): a source reading numbers raises
+:class:`~mpisgd.data.labels.WordLabel` at the first one, and the converter sets
+``source.words`` and reads again, the labels now as text (``<U`` arrays, a missing
+value spelled as above).
 """
 
 from __future__ import annotations
@@ -12,12 +19,20 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import itertools
 import lzma
 import os
 from typing import Iterator
 
 import numpy as np
 
+from mpisgd.data.labels import (
+    MISSING_TOKENS,
+    WordLabel,
+    is_number,
+    label_numbers,
+    numeric,
+)
 from mpisgd.errors import DataError
 
 FORMATS = ("csv", "npz", "libsvm")
@@ -85,12 +100,8 @@ def detect_format(path: str) -> str:
     return "libsvm" if len(tokens) > 1 and all(":" in t for t in tokens[1:]) else "csv"
 
 
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-    except ValueError:
-        return False
-    return True
+def _unquote(field: str) -> str:
+    return field.strip().strip('"').strip("'")
 
 
 # ---------------------------------------------------------------------------------
@@ -99,68 +110,167 @@ def _is_number(s: str) -> bool:
 
 class _CsvSource:
     unit = "line"
+    words = False
 
     def __init__(self, path: str, label_column, block_rows: int):
         self.path, self.block_rows = path, block_rows
         with contextlib.closing(_read_lines(path)) as lines:
-            first = next(lines, None)
-        if first is None:
+            head = list(itertools.islice(lines, 2))
+        if not head:
             raise DataError(f"input '{path}' has no data lines")
-        no, line = first
+        no, line = head[0]
         self.delim = next((d for d in (",", "\t", ";") if d in line), None)
-        fields = [f.strip().strip('"').strip("'") for f in line.split(self.delim)]
-        self.header_line = 0 if all(_is_number(f) for f in fields) else no
+        fields = [_unquote(f) for f in line.split(self.delim)]
         self.ncols = len(fields)
         if self.ncols < 2:
             raise DataError(f"line {no} of '{path}' has {self.ncols} field; expected at least "
                             "one feature and a label")
-        self.label = self._resolve_label(label_column, fields if self.header_line else None)
+        self.label = self._resolve_label(label_column, fields)
+        header = self._is_header(fields, label_column, no,
+                                 head[1][1] if len(head) > 1 else None)
+        self.header_line = no if header else 0
         self.n_features = self.ncols - 1
+        self.header = fields if header else None
         self.feature_names = ([f for i, f in enumerate(fields) if i != self.label]
-                              if self.header_line else None)
+                              if header else None)
+        self._features = [j for j in range(self.ncols) if j != self.label]
+        self._word = self._first_word(head[1:] if header else head[:1])
 
-    def _resolve_label(self, column, header) -> int:
+    def _first_word(self, lines: list[tuple[int, str]]) -> tuple[str, int] | None:
+        """(label, line) if the first data line's label is a word: reading numbers would
+        fail on its block only after the slow retries, so the first read says it."""
+        for no, line in lines[:1]:
+            fields = self._fields(line)
+            if len(fields) == self.ncols and not numeric(_unquote(fields[self.label])):
+                return _unquote(fields[self.label]), no
+        return None
+
+    def _is_header(self, fields: list[str], label_column, no: int,
+                   second: str | None) -> bool:
+        """Whether the first line names the columns: it does if the label column is
+        given by name or any field is no number, unless only the label is, and the next
+        line's too (word labels, no header: ``ambiguous``, the converter warns if the
+        word occurs only there)."""
+        self.ambiguous = None
+        if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
+            return True
+        if not all(numeric(f) for i, f in enumerate(fields) if i != self.label):
+            return True
+        if numeric(fields[self.label]):
+            return False
+        nxt = second.split(self.delim) if second is not None else []
+        if len(nxt) == self.ncols and not numeric(_unquote(nxt[self.label])):
+            self.ambiguous = no
+            return False
+        return True
+
+    def _field(self, k: int) -> str:
+        return f"column '{self.header[k]}' (field {k + 1})" if self.header else f"field {k + 1}"
+
+    def column_name(self, j: int) -> str:
+        """Feature ``j`` of X as the file names it: header name and 1-based field."""
+        return self._field(j + (j >= self.label))
+
+    @property
+    def label_name(self) -> str:
+        return "the label " + self._field(self.label)
+
+    def _resolve_label(self, column, fields) -> int:
         if isinstance(column, str) and not column.lstrip("-").isdigit():
-            if header is None or column not in header:
+            if column not in fields:
+                header = fields if not all(numeric(f) for f in fields) else None
                 raise DataError(f"label column '{column}' is not in the header of "
                                 f"'{self.path}'; found {header or 'no header'}")
-            return header.index(column)
+            return fields.index(column)
         col = int(column)
         if not -self.ncols <= col < self.ncols:
             raise DataError(f"label column {col} is outside the {self.ncols} columns of "
                             f"'{self.path}'")
         return col % self.ncols
 
+    def _loadtxt(self, lines: list[str], usecols, dtype=np.float64) -> np.ndarray:
+        return np.loadtxt(lines, delimiter=self.delim, comments=None, ndmin=2,
+                          dtype=dtype, usecols=usecols,
+                          quotechar='"' if self.delim else None)
+
     def _parse(self, lines: list[str], nos: np.ndarray, usecols=None) -> np.ndarray:
         try:
-            arr = np.loadtxt(lines, delimiter=self.delim, comments=None, ndmin=2,
-                             dtype=np.float64, usecols=usecols,
-                             quotechar='"' if self.delim else None)
-        except ValueError as e:
-            self._find_bad_line(lines, nos)
-            raise DataError(f"lines {nos[0]}-{nos[-1]} of '{self.path}': {e}") from e
+            arr = self._loadtxt(lines, usecols)
+        except ValueError:
+            # The fast parser knows no missing-value spellings: a block holding one is
+            # parsed again with them written as nan (only such blocks pay for it).
+            try:
+                arr = self._loadtxt([self._missing_as_nan(line) for line in lines], usecols)
+            except ValueError as e:
+                self._find_bad_line(lines, nos)
+                raise DataError(f"lines {nos[0]}-{nos[-1]} of '{self.path}': {e}") from e
         if usecols is None and arr.shape[1] != self.ncols:
             self._find_bad_line(lines, nos)
         return arr
 
+    def _missing_as_nan(self, line: str) -> str:
+        fields = line.split(self.delim)
+        return (self.delim or " ").join(
+            "nan" if f.strip().strip('"').strip("'").lower() in MISSING_TOKENS else f
+            for f in fields)
+
     def _find_bad_line(self, lines: list[str], nos: np.ndarray) -> None:
         """Re-parse slowly to name the first bad line; the fast parser only says 'bad'."""
         for line, no in zip(lines, nos):
-            fields = line.split(self.delim)
+            fields = self._fields(line)
             if len(fields) != self.ncols:
                 raise DataError(f"line {no} of '{self.path}' has {len(fields)} fields; "
                                 f"expected {self.ncols} like the first line (ragged row)")
             for i, f in enumerate(fields):
-                if not _is_number(f.strip().strip('"')):
-                    raise DataError(f"line {no} of '{self.path}': field {i + 1} is {f!r}, "
-                                    "which is not a number")
+                text = f.strip().strip('"')
+                if (i == self.label and self.words) or numeric(text):
+                    continue
+                if i == self.label:
+                    raise WordLabel(self, _unquote(f), no)
+                raise DataError(f"line {no} of '{self.path}': field {i + 1} is {f!r}, "
+                                "which is not a number")
+
+    def _fields(self, line: str) -> list[str]:
+        """A line's fields: split at the delimiter, or parsed if a quoted field holds it."""
+        fields = line.split(self.delim)
+        if len(fields) != self.ncols and '"' in line and self.delim:
+            with contextlib.suppress(ValueError):
+                fields = self._loadtxt([line], None, str)[0].tolist()
+        return fields
+
+    def _check_ragged(self, lines: list[str], nos: np.ndarray) -> None:
+        """Rows with more fields than the first (reading some columns does not see them)."""
+        for line, no in zip(lines, nos):
+            if self.delim and line.count(self.delim) + 1 == self.ncols:
+                continue   # counting is cheap; only a line that counts wrong is split
+            if len(self._fields(line)) != self.ncols:
+                self._find_bad_line([line], np.array([no]))
+
+    def _label_texts(self, lines: list[str], nos: np.ndarray) -> np.ndarray:
+        try:
+            texts = self._loadtxt(lines, [self.label], str)[:, 0]
+        except ValueError as e:
+            self._find_bad_line(lines, nos)
+            raise DataError(f"lines {nos[0]}-{nos[-1]} of '{self.path}': {e}") from e
+        return np.char.strip(np.char.strip(texts), "\"'")
 
     def labels(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if self._word and not self.words:
+            raise WordLabel(self, *self._word)
         for lines, nos in _line_blocks(self.path, self.block_rows, self.header_line):
-            yield self._parse(lines, nos, usecols=[self.label])[:, 0], nos
+            if self.words:
+                yield self._label_texts(lines, nos), nos
+            else:
+                yield self._parse(lines, nos, usecols=[self.label])[:, 0], nos
 
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if self._word and not self.words:
+            raise WordLabel(self, *self._word)
         for lines, nos in _line_blocks(self.path, self.block_rows, self.header_line):
+            if self.words:   # the features as numbers, the labels as text
+                self._check_ragged(lines, nos)
+                yield self._parse(lines, nos, self._features), self._label_texts(lines, nos), nos
+                continue
             arr = self._parse(lines, nos)
             yield np.delete(arr, self.label, axis=1), arr[:, self.label], nos
 
@@ -168,23 +278,36 @@ class _CsvSource:
 class _LibsvmSource:
     unit = "line"
     feature_names = None
+    label_name = "the label"
+    words = False
 
-    def __init__(self, path: str, n_features: int | None, block_rows: int):
+    def __init__(self, path: str, n_features: int | None, block_rows: int,
+                 zero_based: bool = False):
         self.path, self.block_rows, self.n_features = path, block_rows, n_features
+        # scikit-learn's dump_svmlight_file(zero_based=True) numbers features from 0
+        self.base = 0 if zero_based else 1
+
+    def column_name(self, j: int) -> str:
+        return f"feature index {j + self.base}"
 
     def _parse(self, lines: list[str], nos: np.ndarray):
         """Labels, and (row, 0-based column, value) triplets of the nonzeros."""
-        y = np.empty(len(lines))
+        y: list = []
         rows: list[int] = []
         cols: list[int] = []
         vals: list[float] = []
         for r, (line, no) in enumerate(zip(lines, nos)):
             tokens = line.split("#", 1)[0].split()
-            try:
-                y[r] = float(tokens[0])
-            except (ValueError, IndexError):
-                raise DataError(f"line {no} of '{self.path}': the label "
-                                f"{tokens[0] if tokens else ''!r} is not a number") from None
+            label = tokens[0] if tokens else ""
+            if not label or ":" in label:
+                raise DataError(f"line {no} of '{self.path}': expected a label before the "
+                                f"features; found {label!r}")
+            if self.words:
+                y.append(label)
+            elif is_number(label):
+                y.append(float(label))
+            else:
+                raise WordLabel(self, label, no)
             for tok in tokens[1:]:
                 idx, sep, val = tok.partition(":")
                 if idx == "qid":  # ranking query ids carry no feature
@@ -196,15 +319,19 @@ class _LibsvmSource:
                 if not sep or i is None:
                     raise DataError(f"line {no} of '{self.path}': expected index:value, found "
                                     f"{tok!r}")
-                if i < 1:
-                    raise DataError(f"line {no} of '{self.path}': feature index {i}; LIBSVM "
-                                    "indices are 1-based")
-                if self.n_features is not None and i > self.n_features:
-                    raise DataError(f"line {no} of '{self.path}': feature index {i} is larger "
-                                    f"than n_features={self.n_features}")
+                if i < self.base:
+                    raise DataError(
+                        f"line {no} of '{self.path}': feature index {i}; LIBSVM indices are "
+                        "1-based" + (" (a file written 0-based, as by scikit-learn's "
+                                     "dump_svmlight_file(zero_based=True), converts with "
+                                     "--zero-based)" if i == 0 else ""))
+                if self.n_features is not None and i - self.base >= self.n_features:
+                    raise DataError(f"line {no} of '{self.path}': feature index {i} is "
+                                    f"beyond n_features={self.n_features}")
                 rows.append(r)
-                cols.append(i - 1)
+                cols.append(i - self.base)
                 vals.append(v)
+        y = np.array(y, dtype=str) if self.words else np.array(y, dtype=np.float64)
         return y, np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), \
             np.array(vals, dtype=np.float64)
 
@@ -228,6 +355,8 @@ class _LibsvmSource:
 class _NpzSource:
     unit = "row"
     feature_names = None
+    label_name = "y"
+    words = False
 
     def __init__(self, path: str, block_rows: int):
         self.path, self.block_rows = path, block_rows
@@ -237,7 +366,7 @@ class _NpzSource:
                 if "X" not in names or "y" not in names:
                     raise DataError(f"input '{path}' has arrays {names}; expected arrays "
                                     "'X' (rows x features) and 'y' (rows)")
-                self.X, self.y = z["X"], z["y"]
+                self.X, self.y = z["X"], _npz_labels(z, path)
         except DataError:
             raise
         except Exception as e:  # zipfile, pickle and OS errors all mean "not a usable npz"
@@ -245,27 +374,51 @@ class _NpzSource:
         if self.X.ndim != 2 or self.X.dtype.kind not in "biuf":
             raise DataError(f"X in '{path}' must be a 2-D numeric array; found shape "
                             f"{self.X.shape} dtype {self.X.dtype}")
-        if self.y.ndim != 1 or self.y.dtype.kind not in "biuf":
-            raise DataError(f"y in '{path}' must be a 1-D numeric array; found shape "
-                            f"{self.y.shape} dtype {self.y.dtype}")
+        if self.y.ndim != 1 or self.y.dtype.kind not in "biufU":
+            raise DataError(f"y in '{path}' must be a 1-D array of numbers or strings; found "
+                            f"shape {self.y.shape} dtype {self.y.dtype}")
         if self.y.shape[0] != self.X.shape[0]:
             raise DataError(f"shape mismatch: X has {self.X.shape[0]} rows but y has "
                             f"{self.y.shape[0]} in '{path}'")
         self.n_features = self.X.shape[1]
 
+    def column_name(self, j: int) -> str:
+        return f"column {j} of X"
+
+    def _labels(self, a: int, b: int) -> np.ndarray:
+        y, nos = self.y[a:b], np.arange(a, b)
+        if self.words:
+            return y
+        return label_numbers(y, self, nos) if y.dtype.kind == "U" else y.astype(np.float64)
+
     def labels(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        yield self.y.astype(np.float64), np.arange(len(self.y))
+        yield self._labels(0, len(self.y)), np.arange(len(self.y))
 
     def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         for a in range(0, len(self.y), self.block_rows):
             b = min(len(self.y), a + self.block_rows)
-            yield self.X[a:b], self.y[a:b].astype(np.float64), np.arange(a, b)
+            yield self.X[a:b], self._labels(a, b), np.arange(a, b)
 
+
+def _npz_labels(z, path: str) -> np.ndarray:
+    """The npz's y; strings as str (bytes decoded as UTF-8). An object array is stored
+    pickled, and unpickling runs code: it is refused, naming the conversion to strings."""
+    try:
+        y = z["y"]
+    except ValueError as e:
+        if "allow_pickle" not in str(e):
+            raise
+        raise DataError(f"y in '{path}' is an object array (pickled); mpisgd does not "
+                        "unpickle input files, as loading a pickle can run code. Save the "
+                        "labels as strings or numbers instead: np.savez(path, X=X, "
+                        "y=np.asarray(y, dtype=str))") from None
+    return np.char.decode(y, "utf-8") if y.dtype.kind == "S" else y
 
 
 def open_source(fmt: str, path: str, *, label_column, n_features: int | None,
-                block_rows: int):
-    """The source reading ``path`` in format ``fmt`` (one of ``FORMATS``)."""
+                block_rows: int, zero_based: bool = False):
+    """The source reading ``path`` in format ``fmt`` (one of ``FORMATS``); ``zero_based``:
+    LIBSVM feature indices start at 0."""
     if fmt == "csv":
         source = _CsvSource(path, label_column, block_rows)
         if n_features is not None and n_features != source.n_features:
@@ -273,7 +426,7 @@ def open_source(fmt: str, path: str, *, label_column, n_features: int | None,
                             f"n_features={n_features}")
         return source
     if fmt == "libsvm":
-        return _LibsvmSource(path, n_features, block_rows)
+        return _LibsvmSource(path, n_features, block_rows, zero_based)
     if fmt == "npz":
         return _NpzSource(path, block_rows)
     raise DataError(f"input format must be one of {', '.join(FORMATS)}; found {fmt!r}")

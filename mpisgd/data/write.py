@@ -19,7 +19,14 @@ import h5py
 import numpy as np
 
 from mpisgd.data.checks import check_block
-from mpisgd.data.format import FORMAT_NAME, FORMAT_VERSION, check_task, check_truth, float_dtype
+from mpisgd.data.format import (
+    FORMAT_NAME,
+    check_task,
+    check_truth,
+    float_dtype,
+    label_values_array,
+    shard_version,
+)
 from mpisgd.data.read import default_block_rows
 from mpisgd.errors import DataError, OutputError
 from mpisgd.store.atomic import fsync_path
@@ -57,7 +64,7 @@ def _checked_extras(where: str, n_features: int, task: str, n_classes: int, true
     """The optional metadata of a shard, checked and converted; None when absent."""
     true_w, true_b = check_truth(true_w, true_b, n_features, task, n_classes, where)
     if label_values is not None:
-        label_values = np.asarray(label_values, dtype=np.float64).reshape(-1)
+        label_values = label_values_array(label_values)
         if task == "regression" or label_values.shape != (n_classes,):
             raise DataError(f"{where}: label_values needs one value per class "
                             f"({n_classes}); found {label_values.size}")
@@ -109,7 +116,7 @@ class ShardWriter:
         """Write the attributes and create the (empty, growable) X and y datasets."""
         f = self._file
         f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format_version"] = shard_version(extras["label_values"])
         f.attrs["task"] = self.task
         f.attrs["n_features"] = self.n_features
         f.attrs["n_classes"] = self.n_classes
@@ -123,8 +130,13 @@ class ShardWriter:
         if extras["true_w"] is not None:
             f.create_dataset("true_w", data=extras["true_w"])
         for name in ("true_b", "label_values", "feature_names"):
-            if extras[name] is not None:
-                f.attrs[name] = extras[name]
+            value = extras[name]
+            if isinstance(value, np.ndarray) and value.dtype.kind == "U":
+                # HDF5 has no fixed-width UCS-4 strings: variable-length UTF-8, as a
+                # list of str (feature_names) is stored too
+                f.attrs.create(name, value.tolist(), dtype=h5py.string_dtype())
+            elif value is not None:
+                f.attrs[name] = value
 
     def append(self, X, y) -> None:
         """Append rows; checks shapes, finiteness and labels before writing."""

@@ -98,6 +98,9 @@ class ChunkBatches:
         self.fraction = 0.0 if cfg.data.test else cfg.data.test_fraction
         self.seed, self.shuffle = cfg.train.seed, cfg.train.shuffle
         self.reader = None
+        # Storage rows come raw from the files, freshly read each time: standardised as
+        # read. Server placement's servers standardise their chunks once (dataserve).
+        self.scaler = ctx.scaler if cfg.data.placement == "storage" else None
         self.chunk_node = self.table.node   # where each chunk is stored (-1: shared)
         if cfg.data.placement == "server":
             owner = owners(self.table.n, len(ctx.roles.servers))
@@ -175,6 +178,8 @@ class ChunkBatches:
                 self.remote += 1
             if data is not None:   # None: skipped after its retries (counted by the reader)
                 X, y = data
+                if self.scaler is not None:
+                    self.scaler.transform(X, out=X)
                 rows = self._train_rows(c)
                 loss += kernels.spec_loss_grad(ctx.spec, X, y, rows, theta, self._scratch)
                 grad += self._scratch

@@ -61,6 +61,8 @@ class DataServer:
                     self.blocks.append(np.empty(0, dtype=np.uint8))
                     continue
                 X, y = data
+                if ctx.scaler is not None:   # once here, not on every worker's every read
+                    ctx.scaler.transform(X, out=X)
                 self.blocks.append(np.concatenate([X.reshape(-1).view(np.uint8),
                                                    y.view(np.uint8)]))
         finally:

@@ -6,7 +6,8 @@ local SGD (:class:`~mpisgd.modes.localsgd.LocalSGDRunner`) updates on its own ro
 averages the parameters every k steps. Everything after an exchange is the same for both
 and lives here, so the two cannot drift apart: the accounting (timers, timeline,
 counters), step logging, the epoch end (train loss, held-out metrics, metrics.jsonl,
-the progress line, early stopping), checkpoints and stop requests, the final stats.
+the progress line, the warning of a growing loss, early stopping), checkpoints and stop
+requests, the final stats.
 
 The exchange carries, after the gradient or the parameters, a tail of four sums: this
 period's loss and rows, rank 0's vote for a timed checkpoint and the stop requests. So
@@ -32,8 +33,10 @@ from mpisgd.modes.batches import Batches
 from mpisgd.modes.common import EarlyStopping, Hooks, Saver, finish_gradient, write_trace
 from mpisgd.modes.nodeparams import NodeParams
 from mpisgd.optim import clip_factor, sq_norm
+from mpisgd.report.advice import LossWatch
 from mpisgd.runtime import signals
 from mpisgd.runtime.log import say
+from mpisgd.runtime.numbers import num
 from mpisgd.runtime.progress import Progress
 from mpisgd.store import runfolder
 
@@ -76,6 +79,7 @@ class Runner:
         self.hooks = Hooks(cfg.debug, ctx.topo.rank, ctx.nan_fired)
         self.saver = Saver(ctx)
         self.stopper = EarlyStopping(cfg.train.patience)
+        self.watch = LossWatch(ctx.advice, cfg.optimizer.lr)
         self.trace: dict | None = {} if cfg.debug.trace_rows else None
         self.progress = Progress(cfg.output.progress, plan.total, ctx.topo.rank == 0)
         self.samples = self.epoch_rows = 0
@@ -129,6 +133,7 @@ class Runner:
                 step += 1
                 continue
             self._book(t0, done, waited, rows)
+            self.watch.step(done.loss)
             step += 1
             self.progress.update(step, done.loss)
             every = self.cfg.train.log_every
@@ -191,13 +196,14 @@ class Runner:
         t_line = time.perf_counter()
         self.progress.epoch_line(record, cfg.train.epochs)
         self.timers["log"] += time.perf_counter() - t_line
+        self.watch.epoch(epoch + 1, record["train_loss"])
         self.loss_sum, self.epoch_rows, self.t_epoch = 0.0, 0, time.perf_counter()
         stopper = self.stopper
         if not stopper.should_stop(record.get("test")):
             return False
         say(f"mpisgd: early stop after epoch {epoch + 1}: no better held-out "
             f"{stopper.metric} for {cfg.train.patience} epochs (best "
-            f"{stopper.best:.6g} at epoch {stopper.best_epoch})")
+            f"{num(stopper.best)} at epoch {stopper.best_epoch})")
         return True
 
     def _checkpoint(self, step: int) -> None:

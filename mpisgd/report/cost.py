@@ -8,6 +8,7 @@ import socket
 import time
 
 import numpy as np
+from numba import prange
 
 from mpisgd.errors import OutputError
 from mpisgd.kernels.options import pjit
@@ -15,6 +16,11 @@ from mpisgd.runtime.paths import cache_dir
 from mpisgd.store.atomic import write_text
 
 CATEGORIES = ("setup", "data", "compute", "comm", "wait", "eval", "log", "checkpoint")
+# The kernel's read rate is only said when its data ranks computed this long (median):
+# below it the rate measures the fixed cost of each step (a Python call, waking the
+# threads, a minibatch of a few KiB) and the timer's noise, not memory traffic. A short
+# run's "0.01 GB/s vs 8.6 GB/s" reads as a slow kernel when it is a short run.
+MEASURABLE_COMPUTE_S = 1.0
 
 
 def rank_report(timers: dict, wall: float, rank: int, bytes_sent: int,
@@ -29,7 +35,7 @@ def rank_report(timers: dict, wall: float, rank: int, bytes_sent: int,
 @pjit
 def _sum(a):
     s = 0.0
-    for i in range(a.shape[0]):   # numba turns this into a parallel reduction
+    for i in prange(a.shape[0]):   # a parallel reduction (a plain range stays serial)
         s += a[i]
     return s
 
@@ -67,11 +73,26 @@ def summarise(ranks: list[dict], wall: float) -> dict:
     oversubscribed node that time includes waiting for a core.
     """
     shares = {k: float(np.mean([r[k] for r in ranks]) / wall) for k in (*CATEGORIES, "other")}
-    rates = [r["x_bytes_read"] / r["compute"] for r in ranks
-             if r["x_bytes_read"] and r["compute"] > 0]
+    data_ranks = [r for r in ranks if r["x_bytes_read"] and r["compute"] > 0]
+    rates = [r["x_bytes_read"] / r["compute"] for r in data_ranks]
     kernel_bw = float(np.median(rates)) if rates else 0.0
+    compute = float(np.median([r["compute"] for r in data_ranks])) if data_ranks else 0.0
     machine = memory_bandwidth()
     return {"wall_time_s": wall, "ranks": ranks, "mean_share": shares,
             "kernel_read_GBps": kernel_bw / 1e9, "machine_read_GBps": machine / 1e9,
             "kernel_share_of_machine": kernel_bw / machine if machine else None,
+            "kernel_compute_s": compute,
+            "kernel_rate_measurable": compute >= MEASURABLE_COMPUTE_S,
             "bytes_sent_total": sum(r["bytes_sent"] for r in ranks)}
+
+
+def describe(c: dict) -> str:
+    """The printed line of the report ``c`` (see :func:`summarise`): the time split, the
+    kernel's read rate against the machine's when it was measurable, the bytes sent."""
+    split = ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["mean_share"].items() if v >= 0.0005)
+    rate = ""
+    if c.get("kernel_rate_measurable"):
+        rate = (f"; gradient kernel {c['kernel_read_GBps']:.2f} GB/s of X read vs "
+                f"{c['machine_read_GBps']:.1f} GB/s machine read bandwidth")
+    return (f"mpisgd: time split (mean over ranks): {split}{rate}; "
+            f"{c['bytes_sent_total'] / 1e6:.1f} MB sent in all")

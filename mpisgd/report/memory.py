@@ -7,7 +7,7 @@ also holds the data, numba's code and MPI's own buffers.
 
 from __future__ import annotations
 
-from mpisgd.runtime.log import say
+from mpisgd.runtime.log import detail
 
 KINDS = ("params", "optimizer_state", "buffers")
 
@@ -17,7 +17,8 @@ def node_memory(topo, held: dict[str, int]) -> dict | None:
 
     ``held`` maps each of :data:`KINDS` to the bytes this rank allocated for it. Returns
     ``{"per_node": [{"node", "ranks", kind: bytes...}], "per_rank": [held...]}`` on rank 0
-    and None elsewhere; rank 0 also prints one line per distinct node layout.
+    and None elsewhere; with ``--verbose`` rank 0 also prints one line per distinct node
+    layout (summary.json's ``memory`` holds the same counts either way).
     """
     mine = {k: int(held.get(k, 0)) for k in KINDS}
     everyone = topo.world.gather((topo.node_index, mine), root=0)
@@ -37,7 +38,7 @@ def node_memory(topo, held: dict[str, int]) -> dict | None:
             continue
         seen.add(key)
         alike = [n["node"] for n in per_node if tuple(n[k] for k in ("ranks", *KINDS)) == key]
-        say(f"mpisgd: memory per node ({_nodes(alike)}, {node['ranks']} rank(s)): parameters "
+        detail(f"mpisgd: memory per node ({_nodes(alike)}, {node['ranks']} rank(s)): parameters "
             f"{_mib(node['params'])}, optimizer state {_mib(node['optimizer_state'])}, "
             f"buffers {_mib(node['buffers'])}")
     return {"per_node": per_node, "per_rank": [counts for _, counts in everyone]}

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from mpisgd.runtime.numbers import num
+
 _EPS = 1e-15
 
 
@@ -160,4 +162,4 @@ _SHOWN = ("mse", "rmse", "mae", "r2", "accuracy", "precision", "recall", "f1", "
 
 def format_metrics(metrics: dict) -> str:
     """The scalar metrics as one line, e.g. ``accuracy 0.97, auc 0.99``."""
-    return ", ".join(f"{k} {metrics[k]:.6g}" for k in _SHOWN if k in metrics)
+    return ", ".join(f"{k} {num(metrics[k])}" for k in _SHOWN if k in metrics)

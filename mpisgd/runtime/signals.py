@@ -1,17 +1,40 @@
-"""SIGTERM and SIGUSR1 (what Slurm sends before a time limit or on pre-emption) set a
-flag; the training loop sees it at the next step, all ranks agree, a checkpoint is
-written and the job exits with code 75 so that a batch script can requeue it."""
+"""Stop requests: SIGTERM and SIGUSR1 (what Slurm sends before a time limit or on
+pre-emption) and SIGINT (Ctrl-C; MPICH's mpiexec forwards it to every rank) set a flag;
+the training loop sees it at the next step, all ranks agree, a checkpoint is written,
+summary.json says why, and the job exits with code 75 (a batch script requeues it) or
+130 after Ctrl-C (the shell's code for it: the user asked to stop, not to requeue).
+
+A second Ctrl-C ends the process at once (KeyboardInterrupt: the job is aborted with
+code 130). MPICH's mpiexec does the same on its own: it kills the job on a second Ctrl-C.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import time
 
-_received: list[int] = []
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+INTERRUPT_EXIT = 130   # 128 + SIGINT, what a shell reports for a job ended by Ctrl-C
+# One Ctrl-C can arrive twice within milliseconds: from the terminal and again from this
+# rank's supervisor (mpisgd/runtime/supervise.py), under a launcher that leaves the ranks
+# in the terminal's process group. Presses this close together count as one; a person's
+# second press comes later.
+SAME_PRESS_S = 0.5
+
+_received: list[tuple[int, float]] = []   # (signal, time.monotonic()) in arrival order
 
 
 def _handler(signum, _frame) -> None:
-    _received.append(signum)
+    _received.append((signum, time.monotonic()))
+
+
+def _interrupt(signum, _frame) -> None:
+    now = time.monotonic()
+    first = next((t for s, t in _received if s == signal.SIGINT), None)
+    if first is not None and now - first > SAME_PRESS_S:
+        raise KeyboardInterrupt   # the second Ctrl-C: no more waiting for a checkpoint
+    _received.append((signum, now))
 
 
 def install() -> None:
@@ -20,6 +43,20 @@ def install() -> None:
     _received.clear()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """:func:`install` for the block; the previous handlers after it (Ctrl-C is then a
+    KeyboardInterrupt again)."""
+    before = {sig: signal.getsignal(sig) for sig in (*STOP_SIGNALS, signal.SIGINT)}
+    install()
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def requested() -> bool:
@@ -27,4 +64,9 @@ def requested() -> bool:
 
 
 def name() -> str:
-    return signal.Signals(_received[0]).name if _received else ""
+    return signal.Signals(_received[0][0]).name if _received else ""
+
+
+def names() -> list[str]:
+    """The distinct signals received, in arrival order."""
+    return list(dict.fromkeys(signal.Signals(s).name for s, _ in _received))

@@ -4,6 +4,11 @@ model.h5 is :mod:`mpisgd.store.modelfile`; checkpoints/ is :mod:`mpisgd.store.ch
 
 Only rank 0 writes here; every writer is called inside an agreement by the caller,
 so a full disk or a read-only folder becomes one clear error on every rank.
+
+A folder given with ``--out`` that holds an earlier run is continued (``--resume``),
+replaced (``--overwrite``), or refused (:func:`claim`): a new run beside an old run's
+checkpoints would be resumed from them by a later ``--resume auto``, and its metrics
+appended to the old run's.
 """
 
 from __future__ import annotations
@@ -11,17 +16,25 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from mpisgd.config import JobConfig, to_toml
 from mpisgd.errors import OutputError
-from mpisgd.store.atomic import atomic_path, write_json, write_text
+from mpisgd.store import checkpoint, modelfile
+from mpisgd.store.atomic import write_json, write_text
 
 EFFECTIVE = "effective.toml"
+# Everything a run (train, solve, cv) writes into its folder, and nothing else: only
+# these are deleted by --overwrite, whatever else the folder holds.
+RUN_FILES = ("config.toml", EFFECTIVE, "metrics.jsonl", "ranks.json", "summary.json",
+             modelfile.NAME, modelfile.ORACLE, "oracle.json", "cv.json",
+             checkpoint.folder(Path()).name, "trace")
+RUN_GLOBS = ("fold-*",)   # cv: one run folder per fold
+_TRASH = ".overwritten-"
 
 
 def create(cfg: JobConfig, out: str | None = None, kind: str = "") -> Path:
@@ -45,6 +58,45 @@ def create(cfg: JobConfig, out: str | None = None, kind: str = "") -> Path:
         raise OutputError(f"output folder '{path}' is not writable: "
                           f"{exc.strerror or exc}.") from None
     return path.resolve()
+
+
+def earlier_run(path: Path) -> list[str]:
+    """The files and folders of an earlier run in ``path`` (sorted; empty: none)."""
+    if not path.is_dir():
+        return []
+    found = [name for name in RUN_FILES if (path / name).exists()]
+    found += [p.name for pattern in RUN_GLOBS for p in path.glob(pattern)]
+    return sorted(found)
+
+
+def claim(out: str, *, resume: bool, overwrite: bool) -> None:
+    """Rank 0, before a run starts in ``out``: an earlier run there is an OutputError
+    unless resumed; with ``overwrite`` its files are deleted first.
+
+    Deleting is atomic per entry and finished before the new run writes anything: each
+    entry is renamed into one hidden folder, which is then removed. A crash in between
+    leaves either old entries (found again by the next --overwrite) or the hidden folder
+    (removed by the next --overwrite), never an old checkpoint beside a new run.
+    """
+    path = Path(out).expanduser()
+    old = earlier_run(path)
+    if not old or resume:
+        return
+    if not overwrite:
+        raise OutputError(f"output folder '{path}' holds an earlier run "
+                          f"({', '.join(old)}): continue it with --resume auto, replace "
+                          f"it with --overwrite, or choose another --out.")
+    leftovers = list(path.glob(f"{_TRASH}*"))   # of an --overwrite that crashed
+    trash = path / f"{_TRASH}{secrets.token_hex(4)}"
+    try:
+        trash.mkdir()
+        for name in old:
+            os.replace(path / name, trash / name)
+        for folder in (trash, *leftovers):
+            shutil.rmtree(folder)
+    except OSError as exc:
+        raise OutputError(f"--overwrite cannot delete the earlier run in '{path}': "
+                          f"{exc.strerror or exc}.") from None
 
 
 def write_config(run: Path, cfg: JobConfig) -> None:
@@ -81,11 +133,11 @@ def write_summary(run: Path, summary: dict) -> None:
     write_json(run / "summary.json", summary)
 
 
-def write_oracle(run: Path, theta: np.ndarray, result: dict) -> Path:
-    """oracle.h5 (the exact optimum's theta) and oracle.json, atomically. Rank 0 only."""
-    path = run / "oracle.h5"
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("theta", data=theta)
-        f.attrs.update(format="mpisgd-oracle", train_data=result["train_data"])
+def write_oracle(run: Path, theta: np.ndarray, result: dict, **model) -> Path:
+    """oracle.h5 (the exact optimum in model.h5's layout, so eval and predict read it;
+    ``model``: the rest of ``modelfile.write_model``'s arguments) and oracle.json,
+    atomically. Rank 0 only."""
+    path = modelfile.write_model(run, theta, name=modelfile.ORACLE,
+                                 kind=modelfile.ORACLE_FORMAT, **model)
     write_json(run / "oracle.json", result)
     return path

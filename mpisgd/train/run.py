@@ -14,13 +14,15 @@ from mpisgd import kernels
 from mpisgd.comm import Topology, bcast_value
 from mpisgd.config import JobConfig
 from mpisgd.context import Context
-from mpisgd.errors import TrainingError
+from mpisgd.errors import Interrupted, TrainingError
 from mpisgd.modes import allreduce, ps
 from mpisgd.report import cost
 from mpisgd.report.timeline import Timeline
-from mpisgd.runtime.log import say, warn
+from mpisgd.runtime.log import detail, say, warn
 from mpisgd.store import checkpoint, modelfile, runfolder
+from mpisgd.train.checks import check_batch, check_majority
 from mpisgd.train.prepare import prepare
+from mpisgd.train.stopped import record_stop
 from mpisgd.train.summary import data_io_summary, final_metrics, print_final
 
 
@@ -38,13 +40,19 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
     ctx.timers["setup"] = time.perf_counter() - t_start - ctx.timers["data"]
     t_init = time.perf_counter()
     _announce(ctx)
+    check_batch(ctx)
     theta, start, opt_state = _starting_point(ctx, resume)
     ctx.timers["setup"] += time.perf_counter() - t_init
-    stats = fit(ctx, theta, start, opt_state)
+    try:
+        stats = fit(ctx, theta, start, opt_state)
+    except Interrupted as exc:   # a signal: summary.json says so, every rank exits alike
+        record_stop(ctx, exc, time.perf_counter() - t_start)
+        raise
 
     t_eval = time.perf_counter()
     eval_before = ctx.timers["eval"]
     final = final_metrics(ctx, theta)
+    check_majority(ctx, theta, final)
     ctx.timers["eval"] = eval_before + time.perf_counter() - t_eval
     ctx.timeline.add("eval", t_eval, time.perf_counter())
     reports = topo.world.gather(ctx.data_report, root=0)
@@ -78,7 +86,7 @@ def _announce(ctx: Context) -> None:
     if ranks is not None:
         runfolder.write_ranks(ctx.run_dir, ranks)
         if len(ranks) <= 64:   # beyond that, ranks.json alone
-            say("mpisgd: process ids by rank: " + ", ".join(
+            detail("mpisgd: process ids by rank: " + ", ".join(
                 f"{r}:{pid}" for r, (_, pid) in enumerate(ranks)))
 
 
@@ -193,6 +201,7 @@ def _summary(ctx: Context, stats: dict, final: dict) -> dict:
         "slowest_rank_step_time_s": slowest, **final,
         "train_data": ctx.info.path, "test_data": cfg.data.test or None,
         "run_dir": str(ctx.run_dir), "effective": ctx.effective.changes,
+        "warnings": ctx.advice.records,
     }
 
 
@@ -202,7 +211,8 @@ def _save(ctx: Context, theta: np.ndarray, timeline: str | None) -> Path | None:
     path = None
     if ctx.cfg.output.save_model:
         path = bcast_value(ctx.topo.world, lambda: modelfile.write_model(
-            ctx.run_dir, theta, ctx.spec, ctx.info.task, ctx.cfg))
+            ctx.run_dir, theta, ctx.spec, ctx.info.task, ctx.cfg,
+            **modelfile.data_meta(ctx.info, ctx.scaler)))
     ctx.timers["checkpoint"] += time.perf_counter() - t_save
     ctx.timeline.add("save", t_save, time.perf_counter())
     if timeline:

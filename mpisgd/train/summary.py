@@ -9,7 +9,9 @@ import numpy as np
 from mpisgd import oracle
 from mpisgd.context import Context
 from mpisgd.evaluation import evaluate, objective, truth_distance
+from mpisgd.report import cost
 from mpisgd.runtime.log import say, warn
+from mpisgd.runtime.numbers import num
 
 
 def final_metrics(ctx: Context, theta: np.ndarray) -> dict:
@@ -54,24 +56,22 @@ def data_io_summary(reports: list[dict], workers) -> dict:
 def print_final(s: dict, model_path: Path | None) -> None:
     """Rank 0's closing lines: speed, objective, test metrics, cost split, files."""
     parts = [f"done in {s['wall_time_s']:.2f} s", f"{s['samples_per_s']:,.0f} samples/s",
-             f"train objective {s['train_objective']:.6g}"]
+             f"train objective {num(s['train_objective'])}"]
     test = s.get("test", {})
     for key in ("mse", "rmse", "r2", "accuracy", "precision", "recall", "f1", "log_loss"):
         if key in test:
-            parts.append(f"test {key} {test[key]:.6g}")
+            parts.append(f"test {key} {num(test[key])}")
     if "weight_rel_error" in s:
-        parts.append(f"|w - w_true|/|w_true| {s['weight_rel_error']:.3g}")
+        parts.append(f"|w - w_true|/|w_true| {num(s['weight_rel_error'], 3)}")
     if "oracle" in s:
         o = s["oracle"]
-        gap = f", test MSE {100 * o['test_mse_rel_gap']:+.3f}%" if "test_mse" in o else ""
-        parts.append(f"gap to the exact optimum: objective {o['objective_gap']:.3g}{gap}")
+        gap = (f", test MSE {num(100 * o['test_mse_rel_gap'], 4, sign=True)}%"
+               if "test_mse" in o else "")
+        parts.append(f"gap to the exact optimum: objective {num(o['objective_gap'], 3)}{gap}")
     say("mpisgd: " + ", ".join(parts))
     c = s.get("cost")
     if c:
-        split = ", ".join(f"{k} {100 * v:.1f}%" for k, v in c["mean_share"].items() if v >= 0.0005)
-        say(f"mpisgd: time split (mean over ranks): {split}; gradient kernel "
-            f"{c['kernel_read_GBps']:.2f} GB/s of X read vs {c['machine_read_GBps']:.1f} GB/s "
-            f"machine read bandwidth; {c['bytes_sent_total'] / 1e6:.1f} MB sent in all")
+        say(cost.describe(c))
     for key, change in s.get("effective", {}).items():
         say(f"mpisgd: this run followed {key} = {change['value']!r}, not the job's "
             f"{change['job']!r}: {change['why']}")

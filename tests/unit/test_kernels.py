@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import mpisgd.kernels as K
-from mpisgd.kernels.vmath import exp_nonpos, log1p_unit
 from mpisgd.errors import ConfigError, DataError
+from mpisgd.kernels.vmath import exp_nonpos, log1p_unit
 
 DTYPES = (np.float32, np.float64)
 RTOL = {np.float32: 1e-4, np.float64: 1e-10}

@@ -18,8 +18,9 @@ LAYERS = [
     ("mpisgd.runtime", "mpisgd.models"),         # process runtime; the model registry
     ("mpisgd.config",),                          # the job
     ("mpisgd.store",),                           # files: atomic writes, run folder, checkpoints
-    ("mpisgd.data", "mpisgd.optim"),             # the shard format, row ownership; updates
+    ("mpisgd.data", "mpisgd.optim", "mpisgd.optim_sparse"),  # shards, row ownership; updates
     ("mpisgd.kernels",),                         # compiled loss, gradient, schedule
+    ("mpisgd.predictor",),                       # a trained model in one process (no MPI)
     ("mpisgd.comm",),                            # everything that talks MPI
     ("mpisgd.report",),                          # metrics, cost, memory, timeline
     ("mpisgd.context",),

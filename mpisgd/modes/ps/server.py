@@ -37,6 +37,7 @@ from mpisgd.modes.common import Hooks, Saver, check_finite, finish_gradient, gra
 from mpisgd.modes.dataserve import DataServer
 from mpisgd.modes.ps.consistency import Action, make_consistency
 from mpisgd.optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
+from mpisgd.report.advice import LossWatch
 from mpisgd.runtime import signals
 from mpisgd.runtime.launch_env import cores_here, ranks_on_this_node
 from mpisgd.runtime.log import warn
@@ -56,6 +57,7 @@ class EpochLog:
         self.per_epoch = plan.steps_per_epoch * (1 if bsp else n_workers)
         self.n_workers = n_workers
         self.loss, self.rows, self.pushes, self.epochs = 0.0, 0, 0, 0
+        self.watch = LossWatch(ctx.advice, ctx.cfg.optimizer.lr)
         self.t_epoch = time.perf_counter()
 
     def add(self, loss_sum: float, count: int, counters: dict) -> None:
@@ -65,6 +67,7 @@ class EpochLog:
         self.loss += loss_sum
         self.rows += count
         self.pushes += 1
+        self.watch.step(loss_sum / max(count, 1))
         steps = self.pushes if self.bsp else self.pushes // self.n_workers
         self.progress.update(min(steps, self.plan.total), loss_sum / max(count, 1))
         if self.pushes % self.per_epoch == 0:
@@ -76,6 +79,7 @@ class EpochLog:
             t0 = time.perf_counter()
             runfolder.append_metrics(self.ctx.run_dir, record)
             self.progress.epoch_line(record, self.ctx.cfg.train.epochs)
+            self.watch.epoch(self.epochs, record["train_loss"])
             self.ctx.timers["log"] += time.perf_counter() - t0
             self.loss, self.rows, self.t_epoch = 0.0, 0, time.perf_counter()
 
