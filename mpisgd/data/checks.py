@@ -73,6 +73,11 @@ def check_block(X: np.ndarray, y: np.ndarray, task: str, n_classes: int, n_featu
         raise DataError(f"{where}: y has shape {y.shape}; expected ({X.shape[0]},), one "
                         "value per row of X")
     _check_finite(X, "X", where, first_row)
+    check_y(y, task, n_classes, where, first_row)
+
+
+def check_y(y: np.ndarray, task: str, n_classes: int, where: str, first_row: int) -> None:
+    """A regression ``y`` finite, labels integers in 0..n_classes-1."""
     if task == "regression":
         _check_finite(y, "y", where, first_row)
     else:

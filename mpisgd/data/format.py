@@ -1,8 +1,9 @@
 """The mpisgd HDF5 shard format: its rules, ``DatasetInfo`` and ``open_dataset``.
 
 A dataset is one shard file, a folder of ``*.h5`` shards whose sorted file names give
-the global row order, or a manifest listing shards (:mod:`mpisgd.data.manifest`). The
-layout is documented in ``docs/data-format.md``. This module opens a dataset and
+the global row order, or a manifest listing shards (:mod:`mpisgd.data.manifest`); its
+shards are dense (``X``) or CSR (:mod:`mpisgd.data.csr`). The layout is documented in
+``docs/data-format.md``. This module opens a dataset and
 validates its metadata; reading rows is :mod:`mpisgd.data.read`, checking values
 :mod:`mpisgd.data.checks` and writing shards :mod:`mpisgd.data.write`.
 """
@@ -19,16 +20,17 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
+from mpisgd.data.csr import LAYOUTS, csr_meta, index_dtype
 from mpisgd.data.manifest import MANIFEST_SUFFIXES, read_manifest
 from mpisgd.errors import DataError
 from mpisgd.models import TASKS
 
 FORMAT_NAME = "mpisgd"
 # The newest version this reads and writes. Version 2 only adds label_values that are
-# strings (class names); a shard is written as version 1 unless it has them
-# (``shard_version``), so that an older mpisgd refuses such a file by its version
-# instead of misreading the names, and reads every other file as before.
-FORMAT_VERSION = 2
+# strings (class names), version 3 the CSR layout; a shard is written with the lowest
+# version that holds it (``shard_version``), so that an older mpisgd refuses a file it
+# would misread by its version, and reads every other file as before.
+FORMAT_VERSION = 3
 DTYPES = ("float32", "float64")
 # Inputs ``mpisgd data convert`` reads, by file name ending: a user who gives one where a
 # dataset belongs is told to convert it (compressed text: the ending before .gz etc.).
@@ -59,6 +61,11 @@ class DatasetInfo:
     feature_names: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
     # From a manifest: the node index storing each shard (None: shared storage).
     nodes: tuple[int | None, ...] | None = field(default=None, compare=False, repr=False)
+    # "dense" (X) or "csr" (indptr, indices, values); the non-zeros of a CSR dataset,
+    # in all and per shard (None for dense data).
+    layout: str = "dense"
+    nnz: int | None = None
+    shard_nnz: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
     offsets: tuple[int, ...] = field(init=False)
 
     def __post_init__(self):
@@ -71,6 +78,11 @@ class DatasetInfo:
     @property
     def n_shards(self) -> int:
         return len(self.shards)
+
+    @property
+    def index_dtype(self) -> np.dtype:
+        """The dtype of CSR ``indices`` as read: uint32 when every feature id fits."""
+        return index_dtype(self.n_features)
 
     @property
     def y_dtype(self) -> np.dtype:
@@ -131,8 +143,11 @@ def label_values_array(values) -> np.ndarray:
     return a.astype(np.float64)
 
 
-def shard_version(label_values) -> int:
-    """The format version of a shard with these ``label_values`` (see FORMAT_VERSION)."""
+def shard_version(label_values, layout: str = "dense") -> int:
+    """The format version of a shard with these ``label_values`` and this layout (see
+    FORMAT_VERSION)."""
+    if layout == "csr":
+        return 3
     return 2 if label_values is not None and label_values.dtype.kind == "U" else 1
 
 
@@ -311,10 +326,19 @@ def _meta_from_file(f: h5py.File, path: str) -> dict:
     check_task(task, n_classes, f"'{path}'")
     if n_features < 1:
         raise DataError(f"'{path}' has n_features={n_features}; expected at least 1")
-    X, y = _dataset(f, path, "X"), _dataset(f, path, "y")
-    _check_arrays(X, y, path, task, n_features, n_rows)
+    layout = _text(f.attrs.get("layout", "dense"))
+    if layout not in LAYOUTS:
+        raise DataError(f"'{path}' has layout='{layout}'; expected one of {', '.join(LAYOUTS)}")
+    if layout == "csr":
+        y = _dataset(f, path, "y")
+        _check_y(y, path, task, n_rows)
+        arrays = csr_meta(f, path, n_rows, n_features)
+    else:
+        X, y = _dataset(f, path, "X"), _dataset(f, path, "y")
+        _check_arrays(X, y, path, task, n_features, n_rows)
+        arrays = dict(nnz=None, dtype=np.dtype(X.dtype.name))
     return dict(path=path, n_rows=n_rows, n_features=n_features, task=task,
-                n_classes=n_classes, dtype=np.dtype(X.dtype.name),
+                n_classes=n_classes, layout=layout, **arrays,
                 **_optional_meta(f, path, task, n_features, n_classes))
 
 
@@ -335,6 +359,13 @@ def _check_arrays(X: h5py.Dataset, y: h5py.Dataset, path: str, task: str, n_feat
                         f"{X.shape[1]} columns")
     if n_rows != X.shape[0]:
         raise DataError(f"'{path}' has attribute n_rows={n_rows} but X has {X.shape[0]} rows")
+    _check_y(y, path, task, n_rows)
+
+
+def _check_y(y: h5py.Dataset, path: str, task: str, n_rows: int) -> None:
+    if y.ndim != 1 or y.shape[0] != n_rows:
+        raise DataError(f"y in '{path}' must be 1-D with one value per row ({n_rows}); "
+                        f"found shape {y.shape}")
     if task == "regression" and y.dtype.kind != "f":
         raise DataError(f"y in '{path}' has dtype {y.dtype}; expected a float dtype for "
                         "task 'regression'")
@@ -380,12 +411,12 @@ def open_dataset(path) -> DatasetInfo:
                             f"the file holds {m['n_rows']}")
     first = metas[0]
     for m in metas[1:]:
-        for key in ("task", "n_features", "n_classes", "dtype"):
+        for key in ("layout", "task", "n_features", "n_classes", "dtype"):
             if m[key] != first[key]:
                 raise DataError(
                     f"shards of '{path}' disagree: '{m['path']}' has {key}={m[key]} but "
                     f"'{first['path']}' has {key}={first[key]}; all shards must agree on "
-                    "task, n_features, n_classes and dtype")
+                    "layout, task, n_features, n_classes and dtype")
         if not same_labels(m["label_values"], first["label_values"]):
             # The codes 0..C-1 would stand for different labels in different shards.
             raise DataError(
@@ -402,4 +433,6 @@ def open_dataset(path) -> DatasetInfo:
         n_features=first["n_features"], task=first["task"], n_classes=first["n_classes"],
         dtype=first["dtype"], true_w=first["true_w"], true_b=first["true_b"],
         label_values=first["label_values"], feature_names=first["feature_names"],
-        nodes=tuple(e["node"] for e in listed) if listed else None)
+        nodes=tuple(e["node"] for e in listed) if listed else None, layout=first["layout"],
+        nnz=None if first["nnz"] is None else sum(m["nnz"] for m in metas),
+        shard_nnz=None if first["nnz"] is None else tuple(m["nnz"] for m in metas))

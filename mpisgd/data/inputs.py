@@ -29,7 +29,6 @@ import numpy as np
 from mpisgd.data.labels import (
     MISSING_TOKENS,
     WordLabel,
-    is_number,
     label_numbers,
     numeric,
 )
@@ -110,6 +109,7 @@ def _unquote(field: str) -> str:
 
 class _CsvSource:
     unit = "line"
+    layout = "dense"
     words = False
 
     def __init__(self, path: str, label_column, block_rows: int):
@@ -275,85 +275,9 @@ class _CsvSource:
             yield np.delete(arr, self.label, axis=1), arr[:, self.label], nos
 
 
-class _LibsvmSource:
-    unit = "line"
-    feature_names = None
-    label_name = "the label"
-    words = False
-
-    def __init__(self, path: str, n_features: int | None, block_rows: int,
-                 zero_based: bool = False):
-        self.path, self.block_rows, self.n_features = path, block_rows, n_features
-        # scikit-learn's dump_svmlight_file(zero_based=True) numbers features from 0
-        self.base = 0 if zero_based else 1
-
-    def column_name(self, j: int) -> str:
-        return f"feature index {j + self.base}"
-
-    def _parse(self, lines: list[str], nos: np.ndarray):
-        """Labels, and (row, 0-based column, value) triplets of the nonzeros."""
-        y: list = []
-        rows: list[int] = []
-        cols: list[int] = []
-        vals: list[float] = []
-        for r, (line, no) in enumerate(zip(lines, nos)):
-            tokens = line.split("#", 1)[0].split()
-            label = tokens[0] if tokens else ""
-            if not label or ":" in label:
-                raise DataError(f"line {no} of '{self.path}': expected a label before the "
-                                f"features; found {label!r}")
-            if self.words:
-                y.append(label)
-            elif is_number(label):
-                y.append(float(label))
-            else:
-                raise WordLabel(self, label, no)
-            for tok in tokens[1:]:
-                idx, sep, val = tok.partition(":")
-                if idx == "qid":  # ranking query ids carry no feature
-                    continue
-                try:
-                    i, v = int(idx), float(val)
-                except ValueError:
-                    i = v = None
-                if not sep or i is None:
-                    raise DataError(f"line {no} of '{self.path}': expected index:value, found "
-                                    f"{tok!r}")
-                if i < self.base:
-                    raise DataError(
-                        f"line {no} of '{self.path}': feature index {i}; LIBSVM indices are "
-                        "1-based" + (" (a file written 0-based, as by scikit-learn's "
-                                     "dump_svmlight_file(zero_based=True), converts with "
-                                     "--zero-based)" if i == 0 else ""))
-                if self.n_features is not None and i - self.base >= self.n_features:
-                    raise DataError(f"line {no} of '{self.path}': feature index {i} is "
-                                    f"beyond n_features={self.n_features}")
-                rows.append(r)
-                cols.append(i - self.base)
-                vals.append(v)
-        y = np.array(y, dtype=str) if self.words else np.array(y, dtype=np.float64)
-        return y, np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), \
-            np.array(vals, dtype=np.float64)
-
-    def labels(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        found = 0
-        for lines, nos in _line_blocks(self.path, self.block_rows):
-            y, _, cols, _ = self._parse(lines, nos)
-            if cols.size:
-                found = max(found, int(cols.max()) + 1)
-            yield y, nos
-        self.n_features = self.n_features or found
-
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        for lines, nos in _line_blocks(self.path, self.block_rows):
-            y, rows, cols, vals = self._parse(lines, nos)
-            X = np.zeros((len(lines), self.n_features))
-            X[rows, cols] = vals
-            yield X, y, nos
-
-
 class _NpzSource:
     unit = "row"
+    layout = "dense"
     feature_names = None
     label_name = "y"
     words = False
@@ -401,32 +325,21 @@ class _NpzSource:
 
 
 def _npz_labels(z, path: str) -> np.ndarray:
-    """The npz's y; strings as str (bytes decoded as UTF-8). An object array is stored
-    pickled, and unpickling runs code: it is refused, naming the conversion to strings."""
+    """The npz's y; strings as str (bytes decoded as UTF-8)."""
+    return labels_array(lambda: z["y"], f"y in '{path}'")
+
+
+def labels_array(load, what: str) -> np.ndarray:
+    """The labels ``load()`` returns, strings as str (bytes decoded as UTF-8). An object
+    array is stored pickled, and unpickling runs code: it is refused, naming the
+    conversion to strings."""
     try:
-        y = z["y"]
+        y = load()
     except ValueError as e:
         if "allow_pickle" not in str(e):
             raise
-        raise DataError(f"y in '{path}' is an object array (pickled); mpisgd does not "
+        raise DataError(f"{what} is an object array (pickled); mpisgd does not "
                         "unpickle input files, as loading a pickle can run code. Save the "
                         "labels as strings or numbers instead: np.savez(path, X=X, "
                         "y=np.asarray(y, dtype=str))") from None
     return np.char.decode(y, "utf-8") if y.dtype.kind == "S" else y
-
-
-def open_source(fmt: str, path: str, *, label_column, n_features: int | None,
-                block_rows: int, zero_based: bool = False):
-    """The source reading ``path`` in format ``fmt`` (one of ``FORMATS``); ``zero_based``:
-    LIBSVM feature indices start at 0."""
-    if fmt == "csv":
-        source = _CsvSource(path, label_column, block_rows)
-        if n_features is not None and n_features != source.n_features:
-            raise DataError(f"'{path}' has {source.n_features} feature columns; expected "
-                            f"n_features={n_features}")
-        return source
-    if fmt == "libsvm":
-        return _LibsvmSource(path, n_features, block_rows, zero_based)
-    if fmt == "npz":
-        return _NpzSource(path, block_rows)
-    raise DataError(f"input format must be one of {', '.join(FORMATS)}; found {fmt!r}")

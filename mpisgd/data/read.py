@@ -13,6 +13,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from mpisgd.data.csr import require_dense
 from mpisgd.data.format import DatasetInfo, open_shard
 from mpisgd.errors import DataError
 
@@ -50,6 +51,7 @@ class DatasetReader:
     """
 
     def __init__(self, info: DatasetInfo):
+        require_dense(info, "read here yet: this step reads dense rows (X) only")
         self.info = info
         self._files: dict[int, h5py.File] = {}
 

@@ -10,6 +10,7 @@ uniformly and permuting each uniformly gives a uniformly random permutation of a
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from mpisgd.data.csr import CsrBlock, concat
 from mpisgd.errors import OutputError
 
 # A bucket's rows must fit in memory at once: about this many bytes of X.
@@ -24,14 +26,23 @@ BUCKET_BYTES = 256 << 20
 
 
 def shuffled(blocks: Iterable[tuple[np.ndarray, np.ndarray]], seed: int, n_rows: int | None,
-             row_bytes: int, scratch_beside: str,
+             row_bytes: int | None, scratch_beside: str,
              bucket_bytes: int = BUCKET_BYTES) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The rows of ``blocks`` (X, y pairs) in a random order fixed by ``seed``.
+    """The rows of ``blocks`` (X, y pairs; X dense or a CsrBlock) in a random order fixed
+    by ``seed``.
 
-    ``n_rows`` (None: unknown) and ``row_bytes`` size the buckets; the scratch folder is
-    made beside ``scratch_beside`` (the same file system as the output) and removed at
-    the end, also on error.
+    ``n_rows`` (None: unknown) and ``row_bytes`` (None: measured on the first block, for
+    CSR rows) size the buckets; the scratch folder is made beside ``scratch_beside``
+    (the same file system as the output) and removed at the end, also on error.
     """
+    blocks = iter(blocks)
+    first = next(blocks, None)
+    if first is None:
+        return
+    if row_bytes is None:
+        X = first[0]
+        row_bytes = max(1, (X.indices.nbytes + X.values.nbytes) // max(1, len(X))) + 16
+    blocks = itertools.chain([first], blocks)
     n_buckets = max(1, -(-(n_rows or 0) * row_bytes // bucket_bytes)) if n_rows else 16
     rng = np.random.default_rng([seed, 7])
     parent = os.path.dirname(os.path.abspath(scratch_beside))
@@ -46,7 +57,8 @@ def shuffled(blocks: Iterable[tuple[np.ndarray, np.ndarray]], seed: int, n_rows:
             parts = [np.load(p) for p in pieces[bucket]]
             if not parts:
                 continue
-            X = np.concatenate([p["X"] for p in parts])
+            X = np.concatenate([p["X"] for p in parts]) if "X" in parts[0] else \
+                concat([CsrBlock(p["indptr"], p["indices"], p["values"]) for p in parts])
             y = np.concatenate([p["y"] for p in parts])
             order = rng.permutation(len(y))
             yield X[order], y[order]
@@ -64,8 +76,11 @@ def _scatter(blocks, rng: np.random.Generator, n_buckets: int,
             pick = np.flatnonzero(to == bucket)
             if pick.size:
                 path = os.path.join(scratch, f"{bucket}-{k}.npz")
+                rows = X[pick]
+                arrays = dict(X=rows) if isinstance(rows, np.ndarray) else dict(
+                    indptr=rows.indptr, indices=rows.indices, values=rows.values)
                 try:
-                    np.savez(path, X=X[pick], y=y[pick])
+                    np.savez(path, y=y[pick], **arrays)
                 except OSError as exc:
                     raise OutputError(f"cannot write shuffle scratch file '{path}': "
                                       f"{exc.strerror or exc}.") from None

@@ -36,6 +36,8 @@ from mpisgd.store.atomic import fsync_path
 CHUNK_BYTES = 1 << 20
 
 _tmp_counter = itertools.count()
+# Shard names of a streamed folder are padded for this many shards (count unknown ahead).
+MAX_STREAMED_SHARDS = 10 ** 6
 
 
 def shard_file_name(index: int, n_shards: int) -> str:
@@ -85,6 +87,8 @@ class ShardWriter:
     final name. Leaving the ``with`` block by an exception removes the temporary file.
     """
 
+    layout = "dense"
+
     def __init__(self, path, n_features: int, task: str, n_classes: int,
                  dtype="float32", *, true_w=None, true_b=None, label_values=None,
                  feature_names=None, chunk_rows: int | None = None,
@@ -101,32 +105,40 @@ class ShardWriter:
                                  label_values, feature_names)
         self.n_rows = 0
         self._tmp = f"{self.path}.tmp-{os.getpid()}-{next(_tmp_counter)}"
-        rows, y_rows = _chunk_rows(n_features, self.dtype.itemsize, chunk_rows, expected_rows)
         try:
             self._file = h5py.File(self._tmp, "w", locking=False)
         except OSError as e:
             raise OutputError(f"cannot write shard '{self.path}': {e}") from e
         try:
-            self._create(rows, y_rows, extras)
+            self._write_attrs(extras)
+            self._create(chunk_rows, expected_rows)
         except OSError as e:
             self.abort()
             raise OutputError(f"cannot write shard '{self.path}': {e}") from e
 
-    def _create(self, rows: int, y_rows: int, extras: dict) -> None:
-        """Write the attributes and create the (empty, growable) X and y datasets."""
+    def _create(self, chunk_rows: int | None, expected_rows: int | None) -> None:
+        """Create the (empty, growable) X and y datasets."""
+        rows, y_rows = _chunk_rows(self.n_features, self.dtype.itemsize, chunk_rows,
+                                   expected_rows)
+        d = self.n_features
+        self._X = self._file.create_dataset("X", shape=(0, d), maxshape=(None, d),
+                                            chunks=(rows, d), dtype=self.dtype)
+        self._y = self._file.create_dataset("y", shape=(0,), maxshape=(None,),
+                                            chunks=(y_rows,), dtype=self.y_dtype)
+
+    @property
+    def y_dtype(self) -> np.dtype:
+        return self.dtype if self.task == "regression" else np.dtype(np.int64)
+
+    def _write_attrs(self, extras: dict) -> None:
+        """The attributes and the optional metadata (``extras``)."""
         f = self._file
         f.attrs["format"] = FORMAT_NAME
-        f.attrs["format_version"] = shard_version(extras["label_values"])
+        f.attrs["format_version"] = shard_version(extras["label_values"], self.layout)
         f.attrs["task"] = self.task
         f.attrs["n_features"] = self.n_features
         f.attrs["n_classes"] = self.n_classes
         f.attrs["n_rows"] = 0
-        d = self.n_features
-        y_dtype = self.dtype if self.task == "regression" else np.dtype(np.int64)
-        self._X = f.create_dataset("X", shape=(0, d), maxshape=(None, d), chunks=(rows, d),
-                                   dtype=self.dtype)
-        self._y = f.create_dataset("y", shape=(0,), maxshape=(None,), chunks=(y_rows,),
-                                   dtype=y_dtype)
         if extras["true_w"] is not None:
             f.create_dataset("true_w", data=extras["true_w"])
         for name in ("true_b", "label_values", "feature_names"):
@@ -164,6 +176,7 @@ class ShardWriter:
             return
         try:
             self._file.attrs["n_rows"] = self.n_rows
+            self._finish()
             self._file.flush()
             self._file.close()
             self._file = None
@@ -173,6 +186,9 @@ class ShardWriter:
             self.abort()
             raise OutputError(f"cannot write shard '{self.path}': {e}") from e
         fsync_path(os.path.dirname(os.path.abspath(self.path)))
+
+    def _finish(self) -> None:
+        """Attributes known only at the end (a subclass's)."""
 
     def abort(self) -> None:
         """Drop the partial shard; the final name is never touched."""
@@ -271,4 +287,53 @@ class FolderBuild:
                 shutil.rmtree(self.path, ignore_errors=True)
                 self.kept_existing = True
                 return
+            raise
+
+
+# ---------------------------------------------------------------------------------
+# Streams of blocks, to one shard file or a folder of rolling shards.
+
+def write_blocks(blocks, output: str, rows_per_shard: int | None, overwrite: bool,
+                 n_rows_hint: int | None, writer=ShardWriter, **writer_kw) -> None:
+    """Append ``(X, y)`` blocks to one shard file (``output`` ending in ``.h5`` and no
+    ``rows_per_shard``), or to a folder of shards of ``rows_per_shard`` rows (one shard
+    if None). ``writer``: the shard writer class (dense ``ShardWriter`` or the CSR one,
+    whose X is a CsrBlock); ``writer_kw`` its arguments."""
+    if rows_per_shard is None and output.endswith(".h5"):
+        if os.path.lexists(output) and not overwrite:
+            raise OutputError(f"output '{output}' already exists; remove it or ask to "
+                              "overwrite it (--overwrite)")
+        with writer(output, expected_rows=n_rows_hint, **writer_kw) as w:
+            for X, y in blocks:
+                w.append(X, y)
+        return
+    if rows_per_shard is None:
+        n_shards = 1
+    else:  # only the width of the zero-padded shard numbers depends on this
+        n_shards = -(-n_rows_hint // rows_per_shard) if n_rows_hint else MAX_STREAMED_SHARDS
+    with FolderBuild(output, overwrite=overwrite) as build:
+        current, k = None, 0
+        try:
+            for X, y in blocks:
+                pos = 0
+                while pos < len(X):
+                    if current is None:
+                        if k >= MAX_STREAMED_SHARDS:
+                            raise DataError("conversion would write over a million shards; "
+                                            "raise rows_per_shard")
+                        path = os.path.join(build.path, shard_file_name(k, n_shards))
+                        current = writer(path, expected_rows=rows_per_shard or n_rows_hint,
+                                         **writer_kw)
+                    take = len(X) - pos if rows_per_shard is None else \
+                        min(len(X) - pos, rows_per_shard - current.n_rows)
+                    current.append(X[pos:pos + take], y[pos:pos + take])
+                    pos += take
+                    if current.n_rows == rows_per_shard:
+                        current.close()
+                        current, k = None, k + 1
+            if current is not None:
+                current.close()
+        except BaseException:
+            if current is not None:
+                current.abort()
             raise

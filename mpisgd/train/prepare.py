@@ -21,7 +21,7 @@ from mpisgd.comm import Topology, agree, agreed_call, bcast_value
 from mpisgd.comm.roles import assign_roles
 from mpisgd.config import JobConfig
 from mpisgd.context import Context, Effective
-from mpisgd.data import DatasetInfo
+from mpisgd.data import DatasetInfo, require_dense
 from mpisgd.data.partition import block_range
 from mpisgd.errors import ConfigError, DataError
 from mpisgd.runtime.log import say, warn
@@ -34,6 +34,7 @@ def check_job(cfg: JobConfig, info: DatasetInfo, test: DatasetInfo | None,
               n_workers: int) -> None:
     """Rules that need the dataset's metadata; identical on every rank."""
     models.check_task(cfg.model.name, info.task, f"dataset '{info.path}'")
+    require_dense(info, f"trained yet by mode '{cfg.mode}'")
     if info.n_rows < n_workers:
         raise DataError(f"dataset '{info.path}' has {info.n_rows} rows but the job runs "
                         f"{n_workers} worker ranks; every worker needs at least one row.")
