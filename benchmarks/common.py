@@ -88,7 +88,7 @@ def run_mpisgd(n: int, args: list[str], out: Path, env: dict | None = None,
     """Launch ``mpiexec -n N python -m mpisgd ARGS`` and return its summary.json, with
     the per-epoch records of metrics.jsonl under ``epochs_log``."""
     cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpisgd", *args, "--out", str(out),
-           "--set", "output.progress='none'", "--set", "output.save_model=false"]
+           "--overwrite", "--set", "output.progress='none'", "--set", "output.save_model=false"]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=timeout, stdout=subprocess.DEVNULL,
                    env=env or job_env())
     summary = json.loads((out / "summary.json").read_text())

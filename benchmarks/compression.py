@@ -102,7 +102,7 @@ def training(quick: bool, workdir: Path, env: dict) -> list[dict]:
         out = workdir / label.split()[0].replace("%", "")
         cmd = [mpiexec, "-n", str(RANKS), sys.executable, "-m", "mpisgd", *job,
                "--set", f"comm.compression='{scheme}'", "--set", f"comm.allreduce='{method}'",
-               "--set", "comm.topk_ratio=0.01", "--out", str(out)]
+               "--set", "comm.topk_ratio=0.01", "--out", str(out), "--overwrite"]
         subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, timeout=900)
         epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         epochs = [e for e in epochs if "epoch" in e]

@@ -35,7 +35,7 @@ def mpisgd_rate(tmp: Path, epochs: int) -> float:
            "--set", "data.test_fraction=0.0", "--set", f"train.batch_size={2 * BATCH}",
            "--set", f"train.epochs={epochs}", "--set", "optimizer.schedule='constant'",
            "--set", "output.progress='none'", "--set", "output.save_model=false",
-           "--out", str(out)]
+           "--out", str(out), "--overwrite"]
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPISGD_NUM_THREADS="1")
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=1800, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())

@@ -32,7 +32,7 @@ from benchmarks.common import MPIEXEC, ROOT, cell, job_env, stats, write_json
 def run(n: int, sets: list[str], out: Path, env: dict) -> dict:
     """One mpisgd job; its summary and per-epoch records."""
     cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpisgd",
-           *[w for s in sets for w in ("--set", s)], "--out", str(out)]
+           *[w for s in sets for w in ("--set", s)], "--out", str(out), "--overwrite"]
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, timeout=1200)
     epochs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"summary": json.loads((out / "summary.json").read_text()),

@@ -34,7 +34,7 @@ from benchmarks.common import write_json  # noqa: E402
 
 def run_job(n: int, args: list[str], out: Path) -> dict:
     cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "mpisgd", *args, "--out", str(out),
-           "--set", "output.progress='none'", "--set", "output.save_model=false"]
+           "--overwrite", "--set", "output.progress='none'", "--set", "output.save_model=false"]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=900, stdout=subprocess.DEVNULL,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
     summary = json.loads((out / "summary.json").read_text())

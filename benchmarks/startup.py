@@ -82,7 +82,7 @@ def mpisgd_start(ranks: int, data: Path, numba_dir: Path, out: Path) -> dict:
     timeline = out / "timeline.json"
     out.mkdir(parents=True, exist_ok=True)
     cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpisgd", *JOB,
-           "--set", f"data.train='{data}'", "--out", str(out / "run"),
+           "--set", f"data.train='{data}'", "--out", str(out / "run"), "--overwrite",
            "--timeline", str(timeline)]
     started, total = launch(cmd, job_env(NUMBA_CACHE_DIR=str(numba_dir)), START_LINE)
     rank0 = json.loads((out / "run" / "summary.json").read_text())["cost"]["ranks"][0]

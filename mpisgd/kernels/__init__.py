@@ -20,7 +20,6 @@ import numpy as np
 
 from mpisgd.errors import DataError
 from mpisgd.kernels import linear, logistic, mlp, softmax
-from mpisgd.kernels import sparse as sparse  # CSR rows: kernels.sparse.loss_grad...
 from mpisgd.kernels.options import njit
 from mpisgd.models import (
     ACTIVATIONS,

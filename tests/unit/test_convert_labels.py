@@ -13,8 +13,8 @@ import pytest
 from sklearn.datasets import dump_svmlight_file, load_breast_cancer, load_diabetes, load_wine
 
 from mpisgd.commands.data import main
-from mpisgd.data import convert, open_dataset, read_rows, write_shard
-from mpisgd.data.convert import ConvertWarning
+from mpisgd.data import open_dataset, read_rows, write_shard
+from mpisgd.data.convert import ConvertWarning, convert
 from mpisgd.errors import DataError
 
 DIABETES_HEADER = "age,sex,bmi,bp,s1,s2,s3,s4,s5,s6,progression"

@@ -16,7 +16,6 @@ from mpisgd.data import (
     FolderBuild,
     ShardWriter,
     check_values,
-    convert,
     iter_blocks,
     make_linear,
     make_logistic,
@@ -26,6 +25,7 @@ from mpisgd.data import (
     synth_to_folder,
     write_shard,
 )
+from mpisgd.data.convert import convert
 from mpisgd.errors import DataError, OutputError
 
 

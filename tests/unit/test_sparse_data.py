@@ -17,7 +17,6 @@ from mpisgd.commands.data import main
 from mpisgd.config import load_config
 from mpisgd.data import (
     CsrBlock,
-    convert,
     iter_csr_blocks,
     open_dataset,
     read_csr_rows,
@@ -27,7 +26,7 @@ from mpisgd.data import (
     write_csr_shard,
     write_shard,
 )
-from mpisgd.data.convert import ConvertWarning
+from mpisgd.data.convert import ConvertWarning, convert
 from mpisgd.data.hashing import murmur3_32
 from mpisgd.errors import DataError
 from mpisgd.train.prepare import check_job
