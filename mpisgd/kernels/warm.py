@@ -1,6 +1,6 @@
 """Compile (or load from numba's cache) every model's kernels ahead of need.
 
-    NUMBA_CACHE_DIR=... python -m mpisgd.kernels.warm [--reverse] [float32|float64 ...]
+    NUMBA_CACHE_DIR=... python -m mpisgd.kernels.warm [--reverse] [--models M,N] [DTYPE ...]
 
 A kernel is compiled on its first call with a new signature, a few seconds each for the
 parallel ones; with ``cache=True`` the result is kept in ``NUMBA_CACHE_DIR`` for every
@@ -19,6 +19,7 @@ import numpy as np
 from mpisgd.kernels import (
     SPEC_MODELS,
     ModelSpec,
+    sparse,
     spec_init,
     spec_loss_grad,
     spec_n_params,
@@ -57,8 +58,45 @@ def warm(dtypes=DTYPES, models=SPEC_MODELS) -> list[str]:
     return done
 
 
+def warm_sparse(dtypes=DTYPES) -> list[str]:
+    """Call every CSR kernel once per value dtype and index dtype (int32: SciPy's, uint32
+    and int64: the CSR shards'): about a hundred signatures, two minutes of compiling
+    on a cold cache, which the test suite otherwise pays inside its last tests."""
+    done = []
+    for name in dtypes:
+        dtype = np.dtype(name)
+        for index in (np.int32, np.uint32, np.int64):
+            X = sparse.CSR(np.array([0, 2, 3], dtype=np.int64),
+                           np.array([0, 2, 1], dtype=index),
+                           np.ones(3, dtype=dtype), 3)
+            idx = np.array([0, 1, 0], dtype=np.int64)
+            keys, remap = sparse.unique_keys(X.indptr, X.indices, idx)
+            for model, C in (("linear", 1), ("logistic", 1), ("softmax", 3)):
+                y = (np.zeros(2, dtype=dtype) if model == "linear"
+                     else np.zeros(2, dtype=np.int64))
+                theta = np.zeros(C * 4, dtype=dtype)
+                w = np.zeros((keys.size, C) if model == "softmax" else keys.size, dtype)
+                b = np.zeros(C, dtype=dtype)
+                sparse.loss_grad(model, X, y, idx, keys, remap, w, b)
+                sparse.loss_grad_theta(model, X, y, idx, theta)
+                sparse.loss_grad_dense(model, X, y, idx, theta, np.empty_like(theta))
+                sparse.predict(model, X, theta)
+                sparse.predict_keys(model, X, idx, keys, remap, w, b)
+            done.append(f"sparse/{name}/{np.dtype(index).name}")
+    return done
+
+
 if __name__ == "__main__":   # numba read NUMBA_CACHE_DIR when the package imported it
+    # [--reverse] [--models linear,logistic] [float32|float64 ...]; --models: those dense
+    # models only (no sparse kernels)
     args = sys.argv[1:]
-    order = SPEC_MODELS[::-1] if "--reverse" in args else SPEC_MODELS
+    models = SPEC_MODELS
+    if "--models" in args:
+        at = args.index("--models")
+        models = tuple(args[at + 1].split(","))
+        del args[at:at + 2]
+    order = models[::-1] if "--reverse" in args else models
     dtypes = tuple(a for a in args if a != "--reverse") or DTYPES
-    print("warmed:", ", ".join(warm(dtypes, order)))
+    sparse_too = models == SPEC_MODELS
+    print("warmed:", ", ".join(warm(dtypes, order) + (warm_sparse(dtypes) if sparse_too
+                                                       else [])))

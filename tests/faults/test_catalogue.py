@@ -7,8 +7,11 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -23,6 +26,18 @@ from .scenarios import BASE, BY_NAME, CASES, MODES, SCENARIOS, N
 # permissions apply (CI runs as root, and root reads a chmod-000 file).
 NO_DAC = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def linear_kernels_compiled(launch):
+    """Every scenario is timed from its launch, and the catalogue runs first in the
+    suite: on a cold cache (a fresh clone) its first launch would compile the linear
+    kernels on 4 ranks while the background warm-up (conftest) compiles the others, and
+    took 30.4 s against the 30 s limit in CI. Compiled here first, outside the timing."""
+    env = dict(launch.env, NUMBA_CACHE_DIR=str(Path(launch.env["MPISGD_CACHE"]) / "numba"
+                                               / socket.gethostname()))
+    subprocess.run([sys.executable, "-m", "mpisgd.kernels.warm", "--models", "linear"],
+                   env=env, check=True, timeout=300, capture_output=True)
 
 
 def test_the_table_is_large_enough():
