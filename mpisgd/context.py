@@ -34,13 +34,14 @@ class Context:
     run_dir: Path
     run_token: str                 # agreed random id of this run (checkpoint staging names)
     info: DatasetInfo
-    X: np.ndarray | None           # None with storage placement (read chunk by chunk)
+    X: Any                         # rows: ndarray, kernels.sparse.CSR (a sparse dataset),
+                                   # None with storage placement (read chunk by chunk)
     y: np.ndarray | None
     row0: int                      # global id of X[0]
     train_rows: np.ndarray         # local indices of this rank's training rows
     first_train: int               # global training index of train_rows[0]
     n_train: int
-    test_X: np.ndarray
+    test_X: Any                    # ndarray, or CSR for a sparse dataset
     test_y: np.ndarray
     test_rows: np.ndarray          # local indices into test_X
     n_test: int
@@ -67,6 +68,10 @@ class Context:
     scaler: Scaler | None = None
     # warnings about the run's course (divergence, batch, majority class): summary.json
     advice: Advice = field(default_factory=Advice)
+    # the dataset is CSR: X and test_X are kernels.sparse.CSR, steps touch a few keys
+    sparse: bool = False
+    # sparse PS mode: (most keys a push carries, most it pulls), agreed by every rank
+    capacity: tuple[int, int] = (0, 0)
 
 
 class Effective:

@@ -34,8 +34,7 @@ def evaluate(ctx: Context, theta: np.ndarray) -> dict:
     sums = np.zeros(width, dtype=np.float64)
     for start in range(0, rows.size, _EVAL_BLOCK):
         block = rows[start:start + _EVAL_BLOCK]
-        Xb = np.ascontiguousarray(ctx.test_X[block])
-        pred = kernels.spec_predict(ctx.spec, Xb, theta)
+        pred = predict_rows(ctx, ctx.test_X, block, theta)
         yb = ctx.test_y[block]
         if task_regression:
             sums += regression_sums(pred, yb)
@@ -48,10 +47,27 @@ def evaluate(ctx: Context, theta: np.ndarray) -> dict:
     return finish_classification(sums, ctx.n_classes)
 
 
+def predict_rows(ctx: Context, X, rows: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Predictions for rows ``rows`` of ``X`` (dense rows, or a sparse run's CSR); local."""
+    if ctx.sparse:
+        return kernels.sparse.predict(ctx.model, X, theta, rows)
+    return kernels.spec_predict(ctx.spec, np.ascontiguousarray(X[rows]), theta)
+
+
+def _sparse_loss(ctx: Context, theta: np.ndarray) -> float:
+    """The loss summed over this rank's training rows of a sparse run; local."""
+    rows = ctx.train_rows
+    return sum(kernels.sparse.loss_grad_theta(ctx.model, ctx.X, ctx.y,
+                                              rows[a:a + _EVAL_BLOCK], theta).loss
+               for a in range(0, rows.size, _EVAL_BLOCK))
+
+
 def objective(ctx: Context, theta: np.ndarray) -> float:
     """Collective: the full training objective (mean loss + L2 + L1 terms) at ``theta``."""
     grad = np.empty_like(theta)
-    if ctx.X is not None:
+    if ctx.sparse:
+        total = np.array([_sparse_loss(ctx, theta)], dtype=np.float64)   # 0 rows: int 0
+    elif ctx.X is not None:
         total = np.array([kernels.spec_loss_grad(ctx.spec, ctx.X, ctx.y, ctx.train_rows, theta,
                                                   grad)])
     else:   # storage placement: stream this rank's block, training rows only

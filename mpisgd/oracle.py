@@ -24,7 +24,7 @@ def available(ctx: Context) -> bool:
     m = ctx.cfg.model
     # Storage placement keeps no training rows in memory to build the normal equations.
     return (ctx.model == "linear" and ctx.n_features <= MAX_FEATURES and not m.l1
-            and ctx.X is not None)
+            and ctx.X is not None and not ctx.sparse)
 
 
 def solve(ctx: Context) -> np.ndarray:

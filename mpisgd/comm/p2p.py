@@ -43,6 +43,69 @@ class Message:
         self.nbytes = self.raw.nbytes
 
 
+# A sparse message's header: the push/reply slots above, then three counts.
+H_NVALS, H_NKEYS, H_NPULL = 5, 6, 7
+SPARSE_HEADER_SLOTS = 8
+
+
+class SparseMessage:
+    """A reusable buffer for sparse pushes and replies, sent only as far as it is filled.
+
+    After the header: ``n_keys`` int64 keys, ``n_pull`` int64 keys to pull, ``n_vals``
+    values (a push: the keys' gradient; a reply: the pulled keys' parameters). The counts
+    are in the header, so a receiver posts the whole capacity and reads what came.
+    """
+
+    def __init__(self, max_keys: int, max_pull: int, max_vals: int, dtype: np.dtype):
+        self.dtype = np.dtype(dtype)
+        self.head = SPARSE_HEADER_SLOTS * 8
+        self.raw = np.zeros(self.head + 8 * (max_keys + max_pull)
+                            + max_vals * self.dtype.itemsize, dtype=np.uint8)
+        self.ints = self.raw[:self.head].view(np.int64)
+        self.floats = self.raw[:self.head].view(np.float64)
+        self.spec = [self.raw, MPI.BYTE]   # to receive into: the whole capacity
+
+    def _bounds(self) -> tuple[int, int, int, int]:
+        k, p, v = (int(self.ints[H_NKEYS]), int(self.ints[H_NPULL]),
+                   int(self.ints[H_NVALS]))
+        a = self.head + 8 * k
+        b = a + 8 * p
+        return a, b, b + v * self.dtype.itemsize, v
+
+    def fill(self, keys: np.ndarray, pull: np.ndarray, vals: np.ndarray) -> None:
+        """Set the three arrays (and their counts); the header's other slots are kept."""
+        self.ints[H_NKEYS], self.ints[H_NPULL], self.ints[H_NVALS] = (keys.size, pull.size,
+                                                                      vals.size)
+        a, b, c, _ = self._bounds()
+        if c > self.raw.size:
+            raise ValueError(f"a sparse message of {keys.size} keys, {pull.size} pulls and "
+                             f"{vals.size} values exceeds its capacity of {self.raw.size} "
+                             f"bytes")
+        self.raw[self.head:a].view(np.int64)[:] = keys
+        self.raw[a:b].view(np.int64)[:] = pull
+        self.raw[b:c].view(self.dtype)[:] = vals
+
+    def keys(self) -> np.ndarray:
+        a, _, _, _ = self._bounds()
+        return self.raw[self.head:a].view(np.int64)
+
+    def pull(self) -> np.ndarray:
+        a, b, _, _ = self._bounds()
+        return self.raw[a:b].view(np.int64)
+
+    def vals(self) -> np.ndarray:
+        _, b, c, _ = self._bounds()
+        return self.raw[b:c].view(self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes in use (what a send moves)."""
+        return self._bounds()[2]
+
+    def send_spec(self) -> list:
+        return [self.raw[:self.nbytes], MPI.BYTE]
+
+
 class Poller:
     """Waits for any of a list of requests without spinning a shared core.
 

@@ -162,10 +162,6 @@ def _nested(key: str, value: Any) -> dict:
 def _validate_optimizer(opt: OptimizerConfig) -> None:
     if opt.nesterov and opt.momentum == 0.0:
         raise ConfigError("optimizer.nesterov = true needs optimizer.momentum > 0.")
-    if opt.name == "ftrl":
-        raise ConfigError("optimizer.name = 'ftrl' updates sparse models (docs/sparse.md), "
-                          "which are not trained yet; dense models use 'sgd', 'adagrad', "
-                          "'adam' or 'adamw'.")
 
 
 def validate(cfg: JobConfig) -> None:

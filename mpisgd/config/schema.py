@@ -109,7 +109,7 @@ PATH = Check("path")
 DEFAULT_JOB = Path(__file__).parent.parent / "default_job.toml"
 MODES = ("allreduce", "local", "ps")
 MODEL_NAMES = NAMES
-SYNTH_KINDS = ("linear", "logistic", "multiclass")
+SYNTH_KINDS = ("linear", "logistic", "multiclass", "sparse")
 OPTIMIZERS = ("sgd", "adagrad", "adam", "adamw", "ftrl")
 SCHEDULES = ("constant", "invscaling", "step", "cosine")
 
@@ -132,6 +132,9 @@ class SynthConfig(Section):
     features: int = _f(20, INT1, "feature count")
     classes: int = _f(3, Check("int", lo=2), "classes for kind='multiclass'")
     noise: float = _f(0.1, NONNEG, "std of the Gaussian noise on y (kind = 'linear' only)")
+    nnz: int = _f(40, INT1, "kind = 'sparse': non-zeros per row (binary labels, CSR shards)")
+    zipf: float = _f(1.1, NONNEG, "kind = 'sparse': Zipf exponent of the "
+                     "feature frequencies (0: uniform)")
     seed: int = _f(0, INT0, "generator seed")
     shards: int = _f(4, INT1, "shard files")
     dtype: str = _f("float64", Check("choice", choices=("float32", "float64")), "X dtype")
@@ -247,6 +250,9 @@ class CommConfig(Section):
     allreduce: str = _f("auto", Check("choice", choices=("auto", "flat", "hierarchical")),
                         "gradient reduction: flat MPI Allreduce, or node-local shared "
                         "memory + leaders; auto picks by topology and size")
+    sparse: str = _f("auto", Check("choice", choices=("auto", "dense", "pairs")),
+                     "sparse models: reduce the gradient as a dense vector (Allreduce), or "
+                     "gather (key, value) pairs; auto picks by the step's unique keys")
     compression: str = _f("none", Check("choice", choices=("none", "fp16", "bf16", "topk",
                                                              "randomk", "sign")),
                           "gradient compression for transport (allreduce and ps pushes)")

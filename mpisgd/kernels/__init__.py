@@ -10,10 +10,14 @@ L2 term (see :func:`l2_mask`) once, after the cross-rank reduction.
 The convex models are named by a string (``n_params("softmax", d, C)``...). A
 :class:`ModelSpec` describes any model, the mlp included (its widths, activation and task
 do not fit in a name), and the ``spec_*`` functions take one.
+
+The sparse (CSR) kernels are ``kernels.sparse``, loaded on first use (PEP 562): a dense
+run's ranks never import them.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -346,3 +350,9 @@ __all__ = ["MODELS", "SPEC_MODELS", "TASKS", "ACTIVATIONS", "TASK_OF", "n_params
            "loss_grad", "predict", "weights", "l2_mask", "ModelSpec", "spec_n_params",
            "spec_init", "spec_loss_grad", "spec_predict", "BoundLossGrad", "spec_weights",
            "spec_l2_mask"]
+
+
+def __getattr__(name: str):
+    if name == "sparse":
+        return importlib.import_module("mpisgd.kernels.sparse")
+    raise AttributeError(f"module 'mpisgd.kernels' has no attribute {name!r}")

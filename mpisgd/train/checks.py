@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
-from mpisgd import kernels
 from mpisgd.context import Context
 from mpisgd.data.read import iter_selected
+from mpisgd.evaluation import predict_rows
 from mpisgd.report.advice import batch_message, majority_message
 from mpisgd.report.metrics import classification_sums, classification_width
 
@@ -50,7 +50,7 @@ def training_counts(ctx: Context, theta: np.ndarray) -> dict:
     (parameter servers) add zeros."""
     counts = np.zeros(classification_width(ctx.n_classes, auc=False))
     for X, y, pick in _training_blocks(ctx):
-        proba = kernels.spec_predict(ctx.spec, np.ascontiguousarray(X[pick]), theta)
+        proba = predict_rows(ctx, X, pick, theta)
         counts += classification_sums(proba, y[pick], ctx.n_classes)
     ctx.topo.world.Allreduce(MPI.IN_PLACE, counts)
     c = ctx.n_classes

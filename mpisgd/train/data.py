@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
+from mpisgd import data as datasets
 from mpisgd.comm import Topology, agreed_call, bcast_value
 from mpisgd.config import JobConfig
 from mpisgd.data import DatasetInfo, check_values, open_dataset, read_rows, synth_to_folder
@@ -40,8 +41,10 @@ class Rows:
 def synth_path(cfg: JobConfig) -> Path:
     """The cache folder of the generated dataset: a hash of every generator setting."""
     s = cfg.data.synth
-    key = json.dumps([s.kind, s.rows, s.features, s.classes, s.noise, s.seed, s.shards,
-                      s.dtype])
+    key = [s.kind, s.rows, s.features, s.classes, s.noise, s.seed, s.shards, s.dtype]
+    if s.kind == "sparse":   # (the dense kinds' names stay what earlier caches used)
+        key += [s.nnz, s.zipf]
+    key = json.dumps(key)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_dir() / "data" / f"synth-{s.kind}-{s.rows}x{s.features}-{digest}"
 
@@ -52,6 +55,10 @@ def make_synth(cfg: JobConfig) -> str:
     path = synth_path(cfg)
     if not path.exists():
         say(f"generating {s.kind} data {s.rows} x {s.features} into {path}")
+        if s.kind == "sparse":
+            datasets.sparse_to_folder(str(path), n_rows=s.rows, n_features=s.features, nnz=s.nnz,
+                             zipf=s.zipf, seed=s.seed, dtype=s.dtype, n_shards=s.shards)
+            return str(path)
         synth_to_folder(s.kind, str(path), n_rows=s.rows, n_features=s.features,
                         n_classes=s.classes if s.kind == "multiclass" else None,
                         noise=s.noise, seed=s.seed, dtype=s.dtype, n_shards=s.shards)
@@ -107,17 +114,23 @@ def load_rows(cfg: JobConfig, world: MPI.Intracomm, info: DatasetInfo,
         test_X, test_y = agreed_call(world, read_block, test_info, tlo, thi, check)
         return Rows(X, y, np.arange(hi - lo, dtype=np.int64), test_X, test_y,
                     np.arange(thi - tlo, dtype=np.int64))
-    if cfg.data.folds:  # k-fold: the test rows are fold data.fold (stratified by class)
-        held = fold_holdout(world, info, lo, hi, y, cfg.data.folds, cfg.data.fold,
-                            cfg.train.seed)
-    else:
-        held = holdout_mask(lo, hi, cfg.data.test_fraction, cfg.train.seed)
+    held = held_out(cfg, world, info, lo, hi, y)
     train_rows = np.flatnonzero(~held).astype(np.int64)
     test_rows = np.flatnonzero(held).astype(np.int64)
     if not storage:
         return Rows(X, y, train_rows, X, y, test_rows)
     test_X, test_y = agreed_call(world, read_selected, info, lo, test_rows, check)
     return Rows(X, y, train_rows, test_X, test_y, np.arange(test_rows.size, dtype=np.int64))
+
+
+def held_out(cfg: JobConfig, world: MPI.Intracomm, info: DatasetInfo, lo: int, hi: int,
+             y) -> np.ndarray:
+    """Collective: True for the held-out rows of this rank's block [lo, hi): k-fold
+    fold data.fold (stratified by class), else the seeded per-row draw."""
+    if cfg.data.folds:
+        return fold_holdout(world, info, lo, hi, y, cfg.data.folds, cfg.data.fold,
+                            cfg.train.seed)
+    return holdout_mask(lo, hi, cfg.data.test_fraction, cfg.train.seed)
 
 
 def open_inputs(cfg: JobConfig, world: MPI.Intracomm):

@@ -21,12 +21,13 @@ from mpisgd.comm import Topology, agree, agreed_call, bcast_value
 from mpisgd.comm.roles import assign_roles
 from mpisgd.config import JobConfig
 from mpisgd.context import Context, Effective
-from mpisgd.data import DatasetInfo, require_dense
+from mpisgd.data import DatasetInfo
 from mpisgd.data.partition import block_range
 from mpisgd.errors import ConfigError, DataError
 from mpisgd.runtime.log import say, warn
 from mpisgd.store import runfolder
 from mpisgd.train.data import load_rows, open_inputs, too_big
+from mpisgd.train.sparse_rows import check_sparse_job, load_sparse_rows
 from mpisgd.train.standardize import standardize
 
 
@@ -34,7 +35,12 @@ def check_job(cfg: JobConfig, info: DatasetInfo, test: DatasetInfo | None,
               n_workers: int) -> None:
     """Rules that need the dataset's metadata; identical on every rank."""
     models.check_task(cfg.model.name, info.task, f"dataset '{info.path}'")
-    require_dense(info, f"trained yet by mode '{cfg.mode}'")
+    if info.layout == "csr":
+        check_sparse_job(cfg, info)
+    elif cfg.optimizer.name == "ftrl":
+        raise ConfigError(f"optimizer.name = 'ftrl' updates sparse models (docs/sparse.md), "
+                          f"but dataset '{info.path}' is dense; dense models use 'sgd', "
+                          f"'adagrad', 'adam' or 'adamw'.")
     if info.n_rows < n_workers:
         raise DataError(f"dataset '{info.path}' has {info.n_rows} rows but the job runs "
                         f"{n_workers} worker ranks; every worker needs at least one row.")
@@ -68,15 +74,22 @@ def prepare(cfg: JobConfig, topo: Topology) -> Context:
 
     t0 = time.perf_counter()
     lo, hi = my_block(info.n_rows)
-    if (cfg.data.placement == "partition" and not cfg.data.folds
+    sparse = info.layout == "csr"
+    if (cfg.data.placement == "partition" and not cfg.data.folds and not sparse
             and too_big(cfg, topo, info, hi - lo)):
         effective.change({"data.placement": "storage", "data.assign": "static"},
                          "a worker's block does not fit in its share of memory")
         bcast_value(world, effective.record)
     cfg = effective.cfg
-    rows = load_rows(cfg, world, info, test_info, my_block, cfg.data.placement != "partition")
+    if sparse:
+        rows = load_sparse_rows(cfg, world, info, test_info, my_block)
+    else:
+        rows = load_rows(cfg, world, info, test_info, my_block,
+                         cfg.data.placement != "partition")
     ctx = _context(cfg, topo, roles, run_dir, run_token, info, rows, lo, effective)
-    standardize(ctx)
+    ctx.sparse = sparse
+    if not sparse:
+        standardize(ctx)
     ctx.timers["data"] = time.perf_counter() - t0
     _warm_up_kernels(ctx)
     _freeze_long_lived()
@@ -145,6 +158,9 @@ def _warm_up_kernels(ctx: Context) -> None:
     grad = np.empty_like(theta)
     one = ctx.train_rows[:1] if ctx.train_rows.size else np.empty(0, dtype=np.int64)
     X, y = ctx.X, ctx.y
+    if ctx.sparse:
+        _warm_up_sparse(ctx, theta, one)
+        return
     if X is None:   # storage placement: one row of zeros compiles the same kernels
         X = np.zeros((1, ctx.n_features), dtype=ctx.dtype)
         y = np.zeros(1, dtype=ctx.info.y_dtype)
@@ -159,6 +175,21 @@ def _warm_up_kernels(ctx: Context) -> None:
             try:
                 kernels.spec_loss_grad(ctx.spec, X, y, one, theta, grad)
                 kernels.spec_predict(ctx.spec, X[:1], theta)
+            except Exception as exc:  # noqa: BLE001 - agreed below
+                error = exc
+        agree(ctx.topo.world, error)
+
+
+def _warm_up_sparse(ctx: Context, theta: np.ndarray, one: np.ndarray) -> None:
+    """Collective: compile or load the sparse kernels of the job (numba's cache makes the
+    second rank of a node load what the first compiled, as for the dense ones)."""
+    first = ctx.topo.local_rank == 0
+    for turn in (0, 1):
+        error = None
+        if first == (turn == 0):
+            try:
+                kernels.sparse.loss_grad_theta(ctx.model, ctx.X, ctx.y, one, theta)
+                kernels.sparse.predict(ctx.model, ctx.X, theta, one)
             except Exception as exc:  # noqa: BLE001 - agreed below
                 error = exc
         agree(ctx.topo.world, error)

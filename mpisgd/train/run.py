@@ -15,7 +15,7 @@ from mpisgd.comm import Topology, bcast_value
 from mpisgd.config import JobConfig
 from mpisgd.context import Context
 from mpisgd.errors import Interrupted, TrainingError
-from mpisgd.modes import allreduce, ps
+from mpisgd.modes import allreduce, ps, sparse
 from mpisgd.report import cost
 from mpisgd.report.timeline import Timeline
 from mpisgd.runtime.log import detail, say, warn
@@ -65,12 +65,20 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
     c = ctx.counters
     ranks = topo.world.gather(cost.rank_report(ctx.timers, wall, topo.rank, c["bytes_sent"],
                                                c["bytes_received"]) | {
-        "x_bytes_read": c["rows"] * ctx.n_features * ctx.dtype.itemsize}, root=0)
+        "x_bytes_read": c["rows"] * _row_bytes(ctx)}, root=0)
     if topo.rank == 0:
         summary["cost"] = cost.summarise(ranks, wall)
     bcast_value(topo.world, lambda: runfolder.write_summary(ctx.run_dir, summary))
     print_final(summary, model_path)
     return summary
+
+
+def _row_bytes(ctx: Context) -> float:
+    """Bytes of X a training pass reads per row: dense, or a sparse row's mean non-zeros."""
+    if not ctx.sparse:
+        return ctx.n_features * ctx.dtype.itemsize
+    info = ctx.info
+    return info.nnz / max(1, info.n_rows) * (info.index_dtype.itemsize + ctx.dtype.itemsize)
 
 
 def _announce(ctx: Context) -> None:
@@ -137,7 +145,7 @@ def fit(ctx: Context, theta: np.ndarray, start: int, opt_state: dict | None) -> 
     divergence is final (exit code 4). Each rollback is a line in metrics.jsonl and in
     the summary's ``rollbacks``.
     """
-    mode = ps if ctx.cfg.mode == "ps" else allreduce
+    mode = ps if ctx.cfg.mode == "ps" else sparse if ctx.sparse else allreduce
     # The starting point, kept only when a rollback may need it.
     first = (theta.copy(), start, opt_state) if ctx.cfg.train.on_divergence == "rollback" \
         else None

@@ -4,6 +4,7 @@ generator and ``mpisgd data info``."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import h5py
@@ -28,7 +29,7 @@ from mpisgd.data import (
 )
 from mpisgd.data.convert import ConvertWarning, convert
 from mpisgd.data.hashing import murmur3_32
-from mpisgd.errors import DataError
+from mpisgd.errors import ConfigError, DataError
 from mpisgd.train.prepare import check_job
 
 
@@ -84,7 +85,7 @@ def test_read_csr_rows_across_shards_equals_the_scipy_slice(tmp_path):
                      for _, b, _ in blocks]), A[2:49])
 
 
-def test_dense_readers_refuse_a_csr_dataset_and_training_says_so(tmp_path):
+def test_dense_readers_refuse_a_csr_dataset_and_training_checks_what_it_can_do(tmp_path):
     A, rng = _random()
     info = open_dataset(_shards(tmp_path, A, rng.standard_normal(60), [60]))
     with pytest.raises(DataError, match="is sparse .*read here yet"):
@@ -93,9 +94,12 @@ def test_dense_readers_refuse_a_csr_dataset_and_training_says_so(tmp_path):
     with pytest.raises(DataError, match="is dense"):
         read_csr_rows(open_dataset(tmp_path / "dense.h5"), 0, 2)
     for mode in ("allreduce", "ps"):
-        cfg = load_config(None, [f"mode='{mode}'", "model.name='linear'"])
-        with pytest.raises(DataError, match=f"sparse datasets are not trained yet by mode "
-                                            f"'{mode}'"):
+        check_job(load_config(None, [f"mode='{mode}'", "model.name='linear'"]), info, None, 1)
+    for bad, needle in (("data.placement='storage'", "data.placement = 'storage'"),
+                        ("model.name='mlp'", "model.name = 'mlp'"),
+                        ("optimizer.name='adamw'", "optimizer.name = 'adamw'")):
+        cfg = load_config(None, ["model.name='linear'", bad])
+        with pytest.raises(ConfigError, match=f"is sparse .*{re.escape(needle)}"):
             check_job(cfg, info, None, 1)
 
 

@@ -23,7 +23,10 @@ from mpisgd.errors import ConfigError, Interrupted
 from mpisgd.modes.batches import make_batches
 from mpisgd.modes.common import gradient_codec, make_plan, write_trace
 from mpisgd.modes.ps.server import Server
+from mpisgd.modes.ps.sparse_server import SparseServer
+from mpisgd.modes.ps.sparse_worker import SparseWorker
 from mpisgd.modes.ps.worker import Worker
+from mpisgd.modes.sparse import SparseRowBatches
 from mpisgd.optim import slice_state
 from mpisgd.report.memory import node_memory
 
@@ -42,7 +45,11 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     server_comm = world.Split(0 if roles.is_server(rank) else MPI.UNDEFINED, rank)
     t_train = time.perf_counter()
     group, pushers = node_groups(ctx, theta)
-    plan = make_batches(ctx, make_plan(ctx))
+    if ctx.sparse:
+        plan = SparseRowBatches(ctx, make_plan(ctx))
+        ctx.capacity = _capacity(world, plan)
+    else:
+        plan = make_batches(ctx, make_plan(ctx))
     if len(pushers) <= ctx.cfg.ps.backup_workers:   # the same list on every rank
         raise ConfigError(f"ps.backup_workers = {ctx.cfg.ps.backup_workers} must be smaller "
                           f"than the number of ranks that push gradients ({len(pushers)}: "
@@ -65,6 +72,8 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
         out["compression"] = _compression(ctx, ranges, theta.itemsize)
     if rank == 0:
         out["ps"] = _summarise(counters, roles, ctx.cfg.ps)
+        if ctx.sparse:
+            out["sparse"] = _sparse_traffic(ctx, counters, pushers)
         out["ps"]["pushers"] = list(pushers)
         out["memory"] = memory
     return out
@@ -76,8 +85,9 @@ def _serve(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], serve
     index = ctx.roles.server_index(ctx.topo.rank)
     lo, hi = ranges[index]
     t_init = time.perf_counter()
-    server = Server(ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
-                    slice_state(opt_state, lo, hi), pushers, plan)
+    args = (ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
+            slice_state(opt_state, lo, hi), pushers, plan)
+    server = SparseServer(*args, ctx.capacity) if ctx.sparse else Server(*args)
     ctx.timers["setup"] += time.perf_counter() - t_init
     memory = node_memory(ctx.topo, server.held_bytes())
     stats = server.run()
@@ -90,7 +100,8 @@ def _serve(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], serve
 def _work(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], start_step: int,
           plan, group: NodeGroup | None):
     """Worker ranks only: (statistics, an empty slice, memory report)."""
-    worker = Worker(ctx, theta, ranges, start_step, plan, group)
+    worker = (SparseWorker(ctx, theta, ranges, start_step, plan, ctx.capacity) if ctx.sparse
+              else Worker(ctx, theta, ranges, start_step, plan, group))
     memory = node_memory(ctx.topo, worker.held_bytes())
     stats = worker.run()
     if group is not None:
@@ -118,6 +129,25 @@ def _finish(ctx: Context, theta: np.ndarray, mine: np.ndarray, ranges: list[tupl
            "steps_per_epoch": head["steps_per_epoch"], "global_batch": head["batch"],
            "samples": head["samples"], "train_time_s": train_time}
     return out, counters
+
+
+def _capacity(world: MPI.Intracomm, plan: SparseRowBatches) -> tuple[int, int]:
+    """Collective: (most keys a sparse push carries, most it pulls), bounded over every
+    worker, so each server's buffers hold any worker's message."""
+    most = world.allreduce(plan.max_keys(), op=MPI.MAX)
+    return most, most
+
+
+def _sparse_traffic(ctx: Context, counters: list[dict], pushers) -> dict:
+    """A worker's bytes per step (push + pull, headers included) against what the dense
+    protocol moves per step: the whole vector each way."""
+    steps = sum(counters[r]["steps_done"] for r in pushers)
+    moved = sum(counters[r]["bytes_sent"] + counters[r]["bytes_received"] for r in pushers)
+    n_servers = len(ctx.roles.servers)
+    dense = 2 * (ctx.n_params * ctx.dtype.itemsize + n_servers * HEADER_SLOTS * 8)
+    per_step = moved / max(1, steps)
+    return {"bytes_per_step": per_step, "bytes_per_step_dense": dense,
+            "share_of_dense": per_step / dense}
 
 
 def _compression(ctx: Context, ranges: list[tuple[int, int]], itemsize: int) -> dict:

@@ -98,24 +98,16 @@ class Server:
         self.policy = make_consistency(cfg.ps.consistency, len(workers), plan.total, start,
                                        cfg.ps.backup_workers, cfg.ps.staleness)
         self.mask = ctx.l2_mask[lo:hi]
-        self.optimizer = make_optimizer(cfg.optimizer, hi - lo, theta.dtype, decay_mask=self.mask)
-        if opt_state:
-            self.optimizer.load_state(opt_state)
+        self._make_state(opt_state)
         self.saver = Saver(ctx)
         self.hooks = Hooks(cfg.debug, ctx.topo.rank, ctx.nan_fired)
         self.checkpoint_path = None
-        # Pushes arrive encoded when comm.compression is on (outbox: replies stay dense).
-        self.codec = gradient_codec(ctx, hi - lo)
-        self.inbox = [Message(hi - lo, theta.dtype) if self.codec is None
-                      else Message(self.codec.nbytes, np.uint8) for _ in workers]
-        self.outbox = [Message(hi - lo, theta.dtype) for _ in workers]
+        self._make_boxes()
         self.sends = [MPI.REQUEST_NULL] * len(workers)
         self.recvs = [MPI.REQUEST_NULL] * len(workers)
         every = self.saver.every_steps
         # asp/ssp: the next periodic checkpoint, at a multiple of checkpoint.every_steps.
         self.next_save = (start // every + 1) * every if every else None
-        self.acc = np.zeros(hi - lo, dtype=theta.dtype)
-        self.scratch = np.zeros(hi - lo, dtype=theta.dtype)
         self.counters = {"updates": 0, "dropped": 0, "dropped_from": Counter(),
                          "staleness": Counter(), "bytes_sent": 0, "bytes_received": 0}
         self.log = EpochLog(ctx, plan, len(workers), self.bsp)
@@ -129,6 +121,24 @@ class Server:
         # Server placement: this server's part of the dataset, served to the workers.
         self.data = (DataServer(ctx, index, len(ctx.roles.servers), plan.table)
                      if cfg.data.placement == "server" else None)
+
+    def _make_state(self, opt_state: dict | None) -> None:
+        """The optimizer of this key range, from a checkpoint's state when resuming."""
+        self.optimizer = make_optimizer(self.cfg.optimizer, self.hi - self.lo, self.theta.dtype,
+                                        decay_mask=self.mask)
+        if opt_state:
+            self.optimizer.load_state(opt_state)
+
+    def _make_boxes(self) -> None:
+        """A message buffer per worker each way, and the sums' buffers. Pushes arrive
+        encoded when comm.compression is on (the outbox: replies stay dense)."""
+        n, dtype = self.hi - self.lo, self.theta.dtype
+        self.codec = gradient_codec(self.ctx, n)
+        self.inbox = [Message(n, dtype) if self.codec is None
+                      else Message(self.codec.nbytes, np.uint8) for _ in self.workers]
+        self.outbox = [Message(n, dtype) for _ in self.workers]
+        self.acc = np.zeros(n, dtype=dtype)
+        self.scratch = np.zeros(n, dtype=dtype)
 
     def held_bytes(self) -> dict[str, int]:
         """Bytes of parameters, optimizer state and buffers this server allocated."""
@@ -209,13 +219,9 @@ class Server:
             self.counters["dropped_from"][self.workers[i]] += 1
             self._answer(i)
         while (ready := policy.ready()) is not None:
-            acc = self.acc
-            acc[:] = 0
-            for i in ready:   # worker order: the same sum on every run
-                self._add_push(i, acc)
             count = sum(int(self.inbox[i].ints[H_COUNT]) for i in ready)
             loss = sum(float(self.inbox[i].floats[H_LOSS]) for i in ready)
-            self._apply(acc, count, loss, policy.version)
+            self._apply_ready(ready, count, loss)
             policy.step_complete()
             self._maybe_checkpoint(any(self.inbox[i].ints[H_FLAGS] & F_SIGNAL for i in ready))
             for i in ready:
@@ -275,17 +281,29 @@ class Server:
             policy.interrupted = True   # from now on every reply says stop
         step = int(msg.ints[H_STEP])
         self.counters["staleness"][policy.version - int(msg.ints[H_BASE])] += 1
+        count = int(msg.ints[H_COUNT])
+        self._apply_push(i, step, count, float(msg.floats[H_LOSS]))
+        action = policy.applied(i, step, count, bool(msg.ints[H_FLAGS] & F_LAST))
+        if action is not Action.HOLD:
+            self._answer(i, stop=action is Action.STOP)
+
+    def _apply_ready(self, ready: list[int], count: int, loss: float) -> None:
+        """bsp: one step from the pushes of workers ``ready`` (a subclass may sum others)."""
+        acc = self.acc
+        acc[:] = 0
+        for i in ready:   # worker order: the same sum on every run
+            self._add_push(i, acc)
+        self._apply(acc, count, loss, self.policy.version)
+
+    def _apply_push(self, i: int, step: int, count: int, loss: float) -> None:
+        """asp/ssp: one step from worker i's push of ``step``."""
         if self.codec is None:
-            grad = msg.payload
+            grad = self.inbox[i].payload
         else:
             grad = self.acc
             grad[:] = 0
             self._add_push(i, grad)
-        count = int(msg.ints[H_COUNT])
-        self._apply(grad, count, float(msg.floats[H_LOSS]), step)
-        action = policy.applied(i, step, count, bool(msg.ints[H_FLAGS] & F_LAST))
-        if action is not Action.HOLD:
-            self._answer(i, stop=action is Action.STOP)
+        self._apply(grad, count, loss, step)
 
     def _add_push(self, i: int, out: np.ndarray) -> None:
         """``out +=`` the gradient in worker i's push (decoded when compressed)."""
@@ -300,22 +318,9 @@ class Server:
         """One optimizer step on this server's key range from a gradient sum."""
         cfg = self.cfg
         if count > 0:  # an asynchronous push may carry no rows (a worker's empty share)
-            epoch = step // self.plan.steps_per_epoch
-            lr = learning_rate(cfg.optimizer, step, epoch, self.plan.total)
-            if not self.bsp:
-                # The rate refers to the global minibatch. An asynchronous push carries
-                # one worker's share of it, so it moves the parameters by that share: the
-                # W pushes of a step together move them as far as one synchronous step.
-                lr *= count / self.plan.batch
+            lr = self._rate(step, count)
             finish_gradient(grad, count, self.theta, cfg.model.l2, self.mask)
-            if cfg.optimizer.clip_norm:
-                # The global norm: each server's squared norm, summed over the servers
-                # (bsp servers are in step; the config refuses clipping with several
-                # asynchronous servers, which would pair different pushes).
-                sq = sq_norm(grad)
-                if self.comm.Get_size() > 1:
-                    sq = self.comm.allreduce(sq)
-                grad *= grad.dtype.type(clip_factor(sq, cfg.optimizer.clip_norm))
+            self._clip(grad)
             # Only this server sees the problem: not agreed, so the CLI aborts the job.
             check_finite(loss_sum / count, grad, step, lr, agreed=False)
             self.optimizer.step(self.theta, grad, lr)
@@ -324,6 +329,27 @@ class Server:
             self.counters["updates"] += 1
             self.samples += count
         self.log.add(loss_sum, count, self.counters)
+
+    def _rate(self, step: int, count: int) -> float:
+        """The learning rate of an update at ``step`` from a push of ``count`` rows."""
+        epoch = step // self.plan.steps_per_epoch
+        lr = learning_rate(self.cfg.optimizer, step, epoch, self.plan.total)
+        if not self.bsp:
+            # The rate refers to the global minibatch. An asynchronous push carries
+            # one worker's share of it, so it moves the parameters by that share: the
+            # W pushes of a step together move them as far as one synchronous step.
+            lr *= count / self.plan.batch
+        return lr
+
+    def _clip(self, grad: np.ndarray) -> None:
+        """optimizer.clip_norm by the global norm: each server's squared norm, summed
+        over the servers (bsp servers are in step; the config refuses clipping with
+        several asynchronous servers, which would pair different pushes)."""
+        if self.cfg.optimizer.clip_norm:
+            sq = sq_norm(grad)
+            if self.comm.Get_size() > 1:
+                sq = self.comm.allreduce(sq)
+            grad *= grad.dtype.type(clip_factor(sq, self.cfg.optimizer.clip_norm))
 
     def _answer(self, i: int, stop: bool = False) -> None:
         """Answer worker i's push with the current parameters (stop as the policy says)."""

@@ -1,0 +1,119 @@
+"""The parameter server of a sparse model: pushes and replies carry keys, not ranges.
+
+A worker pushes the (key, gradient) pairs of its step that fall in this server's range
+and names the keys of its next minibatch there; the server applies the step to the
+pushed keys only (a lazy optimizer, :mod:`mpisgd.optim_sparse`) and replies with the
+parameters of the named keys. So a message's size follows the minibatch's unique keys,
+never the model's width, which is what lets a server hold 10^8 parameters and still
+answer a push in microseconds. Consistency (bsp, asp, ssp), checkpoints, epoch lines and
+the stall watchdog are the dense server's (:class:`~mpisgd.modes.ps.server.Server`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpisgd.comm.p2p import (
+    F_INTERRUPTED,
+    F_STOP,
+    H_FLAGS,
+    H_VERSION,
+    TAG_REPLY,
+    SparseMessage,
+)
+from mpisgd.modes.common import check_finite
+from mpisgd.modes.ps.server import Server
+from mpisgd.optim_sparse import make_sparse_optimizer
+
+
+def merge_pairs(keys: list[np.ndarray], vals: list[np.ndarray]) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+    """Sum (key, value) lists by key, in list order within a key (the same sum on every
+    run); keys whose sum is exactly 0 are dropped, as the allreduce exchange drops them."""
+    all_keys = np.concatenate(keys) if keys else np.empty(0, np.int64)
+    all_vals = np.concatenate(vals) if vals else np.empty(0)
+    if all_keys.size == 0:
+        return all_keys, all_vals
+    order = np.argsort(all_keys, kind="stable")
+    sorted_keys = all_keys[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
+    summed = np.add.reduceat(all_vals[order], starts)
+    keep = summed != 0
+    return sorted_keys[starts][keep], np.ascontiguousarray(summed[keep])
+
+
+class SparseServer(Server):
+    """A server of keys [lo, hi) of a sparse model; ``capacity``: (most keys a push
+    carries, most keys it pulls), the same bound the workers use."""
+
+    def __init__(self, ctx, theta, lo, hi, index, comm, start, opt_state, workers, plan,
+                 capacity: tuple[int, int]):
+        self.capacity = capacity
+        self.keys_applied = 0
+        super().__init__(ctx, theta, lo, hi, index, comm, start, opt_state, workers, plan)
+
+    def _make_state(self, opt_state: dict | None) -> None:
+        self.optimizer = make_sparse_optimizer(self.cfg.optimizer, self.hi - self.lo,
+                                               self.theta.dtype, self.lo)
+        if opt_state:
+            self.optimizer.load_state(opt_state)
+
+    def _make_boxes(self) -> None:
+        push, pull = self.capacity
+        dtype = self.theta.dtype
+        self.codec = None
+        self.inbox = [SparseMessage(push, pull, push, dtype) for _ in self.workers]
+        self.outbox = [SparseMessage(0, 0, pull, dtype) for _ in self.workers]
+        self.acc = self.scratch = self.theta[:0]
+
+    def held_bytes(self) -> dict[str, int]:
+        boxes = sum(m.raw.nbytes for m in self.inbox + self.outbox)
+        return {"params": self.theta.nbytes, "optimizer_state": self.optimizer.held_bytes(),
+                "buffers": boxes}
+
+    def _apply_ready(self, ready: list[int], count: int, loss: float) -> None:
+        keys, vals = merge_pairs([self.inbox[i].keys() for i in ready],
+                                 [self.inbox[i].vals() for i in ready])
+        self._apply_sparse(keys, vals.astype(self.theta.dtype, copy=False), count, loss,
+                           self.policy.version)
+
+    def _apply_push(self, i: int, step: int, count: int, loss: float) -> None:
+        msg = self.inbox[i]
+        self._apply_sparse(msg.keys(), msg.vals().copy(), count, loss, step)
+
+    def _apply_sparse(self, keys: np.ndarray, vals: np.ndarray, count: int, loss_sum: float,
+                      step: int) -> None:
+        """One lazy optimizer step on ``keys`` (global, in this range) from a gradient sum
+        over ``count`` rows; the dense server's rules (rate, L2, clipping, checks)."""
+        cfg = self.cfg
+        if count > 0:
+            lr = self._rate(step, count)
+            vals *= vals.dtype.type(1.0) / vals.dtype.type(count)
+            local = keys - self.lo
+            if cfg.model.l2:
+                mask = self.mask[local]
+                vals[mask] += vals.dtype.type(cfg.model.l2) * self.theta[local[mask]]
+            self._clip(vals)
+            check_finite(loss_sum / count, vals, step, lr, agreed=False)
+            self.optimizer.step(self.theta, keys, vals, lr)
+            if cfg.model.l1 and keys.size:
+                w = self.theta[local]
+                shrunk = np.sign(w) * np.maximum(np.abs(w) - w.dtype.type(lr * cfg.model.l1), 0)
+                self.theta[local] = np.where(self.mask[local], shrunk, w)
+            self.counters["updates"] += 1
+            self.keys_applied += keys.size
+            self.samples += count
+        self.log.add(loss_sum, count, self.counters)
+
+    def _send(self, i: int, stop: bool) -> None:
+        """Reply with the parameters of the keys worker i's push asked for."""
+        interrupted = self.policy.interrupted
+        self.sends[i].Wait()
+        out = self.outbox[i]
+        out.ints[H_VERSION] = self.policy.version
+        out.ints[H_FLAGS] = (F_STOP if stop else 0) | (F_INTERRUPTED if interrupted else 0)
+        pull = self.inbox[i].pull()
+        out.fill(pull[:0], pull[:0], self.theta[pull - self.lo])
+        self.sends[i] = self.ctx.topo.world.Isend(out.send_spec(), self.workers[i], TAG_REPLY)
+        self.counters["bytes_sent"] += out.nbytes
+        self._repost(i)

@@ -1,0 +1,105 @@
+"""A parameter-server worker of a sparse model: push the step's (key, gradient) pairs,
+pull the parameters of the next step's keys.
+
+The worker keeps the whole parameter vector as a cache, but only the keys of its next
+minibatch are ever refreshed: each push names them (split by the servers' key ranges),
+and the reply brings their values after the server applied the push (bsp: after the
+whole step). So the parameters a step reads are as fresh as in dense PS mode, while
+every message carries only the minibatch's unique keys.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mpi4py import MPI
+
+from mpisgd.comm.p2p import (
+    F_INTERRUPTED,
+    F_LAST,
+    F_SIGNAL,
+    F_STOP,
+    H_BASE,
+    H_COUNT,
+    H_FLAGS,
+    H_LOSS,
+    H_STEP,
+    H_VERSION,
+    TAG_PUSH,
+    TAG_REPLY,
+    SparseMessage,
+)
+from mpisgd.context import Context
+from mpisgd.modes.common import Hooks
+from mpisgd.modes.ps.worker import Worker
+
+
+class SparseWorker(Worker):
+    """Worker ranks of a sparse model (no node aggregation, no compression: the config
+    refuses both). ``capacity``: (most keys a push carries, most keys it pulls)."""
+
+    def __init__(self, ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]],
+                 start: int, plan, capacity: tuple[int, int]):
+        self.ctx, self.ranges, self.start, self.group = ctx, ranges, start, None
+        self.servers = ctx.roles.servers
+        self.plan = plan
+        self.sync = ctx.cfg.ps.consistency == "bsp"
+        self.pusher = True
+        push, pull = capacity
+        self.push = [SparseMessage(push, pull, push, theta.dtype) for _ in ranges]
+        self.reply = [SparseMessage(0, 0, pull, theta.dtype) for _ in ranges]
+        self.feedback = [None] * len(ranges)
+        self.theta = theta
+        self.bounds = np.array([lo for lo, _ in ranges] + [ranges[-1][1]], dtype=np.int64)
+        # The gradient travels as pairs (plan.last); the failure hooks get a scratch value.
+        self.grad = self.out = np.zeros(1, dtype=theta.dtype)
+        self.hooks = Hooks(ctx.cfg.debug, ctx.topo.rank, ctx.nan_fired)
+        self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0}
+
+    def _exchange(self, step: int, version: int, grad: np.ndarray, count: int, loss: float,
+                  signal: bool) -> tuple[int, bool, bool]:
+        """Push this step's pairs to each server with the next step's keys; write the
+        pulled values into the parameters; (version, stop, interrupted)."""
+        world = self.ctx.topo.world
+        last_step = step + 1 >= self.plan.total
+        last = (not self.sync) and last_step
+        keys, vals = self.plan.last
+        pull = np.empty(0, np.int64) if last_step else self.plan.keys_for(step + 1)
+        cut_k = np.searchsorted(keys, self.bounds)
+        cut_p = np.searchsorted(pull, self.bounds)
+        requests = []
+        for s, (msg, reply, server) in enumerate(zip(self.push, self.reply, self.servers)):
+            msg.ints[H_STEP], msg.ints[H_COUNT] = step, count
+            msg.ints[H_FLAGS] = (F_LAST if last else 0) | (F_SIGNAL if signal else 0)
+            msg.ints[H_BASE] = version
+            msg.floats[H_LOSS] = loss
+            msg.fill(keys[cut_k[s]:cut_k[s + 1]], pull[cut_p[s]:cut_p[s + 1]],
+                     vals[cut_k[s]:cut_k[s + 1]])
+            requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
+            requests.append(world.Isend(msg.send_spec(), server, TAG_PUSH))
+        MPI.Request.Waitall(requests)
+        self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
+        stops = [bool(reply.ints[H_FLAGS] & F_STOP) for reply in self.reply]
+        if any(stops) and not all(stops):
+            self._leave([i for i, s in enumerate(stops) if not s])
+        stop = interrupted = False
+        versions = []
+        for s, reply in enumerate(self.reply):
+            got = reply.vals()
+            if got.size:   # a leave's or a stop's reply may carry nothing
+                self.theta[pull[cut_p[s]:cut_p[s + 1]]] = got
+            versions.append(int(reply.ints[H_VERSION]))
+            stop |= bool(reply.ints[H_FLAGS] & F_STOP)
+            interrupted |= bool(reply.ints[H_FLAGS] & F_INTERRUPTED)
+        self.counters["bytes_received"] += sum(m.nbytes for m in self.reply)
+        return max(versions), stop, interrupted
+
+    def _leave(self, indices: list[int]) -> None:
+        """The dense worker's goodbye, with empty pairs (the server reads no payload)."""
+        empty = np.empty(0, np.int64)
+        for i in indices:
+            self.push[i].fill(empty, empty, self.theta[:0])
+        super()._leave(indices)
+
+    def held_bytes(self) -> dict[str, int]:
+        return {"params": self.theta.nbytes,
+                "buffers": sum(m.raw.nbytes for m in self.push + self.reply)}
