@@ -316,9 +316,11 @@ def _n_classes(fn, model, X, theta) -> int:
     return C
 
 
-def loss_grad_theta(model: str, X: CSR, y: np.ndarray, idx, theta: np.ndarray) -> SparseGrad:
+def loss_grad_theta(model: str, X: CSR, y: np.ndarray, idx, theta: np.ndarray,
+                    known: Keys | None = None) -> SparseGrad:
     """:func:`loss_grad` with the parameters in a dense theta (the dense models' layout):
-    the keys of rows ``idx`` are found, their weights gathered, and only their gradient
+    the keys of rows ``idx`` are found (or taken from ``known``, :func:`unique_keys` of
+    these rows computed earlier), their weights gathered, and only their gradient
     returned (softmax: key-major (K, C), the transpose of theta's (C, d) columns)."""
     fn = "sparse.loss_grad_theta"
     check_name(model)
@@ -327,7 +329,11 @@ def loss_grad_theta(model: str, X: CSR, y: np.ndarray, idx, theta: np.ndarray) -
     idx = _rows(fn, idx, X.n_rows)
     y = _labels(fn, model, X, y, idx, {"linear": 0, "logistic": 2}.get(model, C))
     starts = _starts(fn, X.indptr, X.indices.size, idx)
-    keys, remap = _unique(fn, X.indptr, X.indices, idx, starts)
+    if known is None:
+        keys, remap = _unique(fn, X.indptr, X.indices, idx, starts)
+    else:
+        keys, remap = known
+        _check_keys(fn, X, keys, remap, keys.size, int(starts[-1]))
     d = X.n_features
     if model == "softmax":
         w_keys = np.ascontiguousarray(theta[: C * d].reshape(C, d)[:, keys].T)

@@ -85,20 +85,24 @@ class SparseRowBatches:
         self.wait_s = 0.0
         self.trace = ctx.cfg.debug.trace_rows
         self.last: tuple[np.ndarray, np.ndarray] | None = None
+        self._keys = None   # (step, its unique keys), found by keys_for for the pull
 
     def gradient(self, step: int, theta: np.ndarray, grad: np.ndarray):
         """(loss sum, rows, their global ids when traced); the gradient in :attr:`last`."""
         ctx = self.ctx
         idx = self.plan.rows_for(step)
-        g = kernels.sparse.loss_grad_theta(ctx.model, ctx.X, ctx.y, idx, theta)
+        known = self._keys[1] if self._keys is not None and self._keys[0] == step else None
+        g = kernels.sparse.loss_grad_theta(ctx.model, ctx.X, ctx.y, idx, theta, known)
         self.last = flat_keys(ctx.model, ctx.n_features, g)
         return g.loss, idx.size, (idx + ctx.row0 if self.trace else None)
 
     def keys_for(self, step: int) -> np.ndarray:
         """The flat parameter indices rows of ``step`` touch (a PS worker pulls them)."""
         ctx = self.ctx
-        keys = kernels.sparse.unique_keys(ctx.X.indptr, ctx.X.indices,
-                                          self.plan.rows_for(step)).keys
+        found = kernels.sparse.unique_keys(ctx.X.indptr, ctx.X.indices,
+                                           self.plan.rows_for(step))
+        self._keys = (step, found)   # the step's gradient reuses them
+        keys = found.keys
         return expand_keys(ctx.n_features, ctx.n_classes if ctx.model == "softmax" else 1,
                            keys)
 

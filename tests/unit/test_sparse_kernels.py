@@ -328,3 +328,17 @@ def test_validation_of_the_dense_ways():
         S.loss_grad_theta("logistic", X, y, idx, np.zeros(31))
     with pytest.raises(ValueError, match="'indptr'.*row 1"):
         S.unique_keys(np.array([0, 2, 1, 3]), np.arange(3), [0, 1])
+
+
+@pytest.mark.parametrize("model", ["logistic", "softmax"])
+def test_known_keys_give_the_same_gradient_and_are_checked(model):
+    _, X, y, idx, theta = batch(model, np.float64)
+    known = S.unique_keys(X.indptr, X.indices, idx)
+    a = S.loss_grad_theta(model, X, y, idx, theta)
+    b = S.loss_grad_theta(model, X, y, idx, theta, known)
+    assert a.loss == b.loss
+    np.testing.assert_array_equal(a.grad_keys, b.grad_keys)
+    np.testing.assert_array_equal(a.grad_bias, b.grad_bias)
+    other = S.unique_keys(X.indptr, X.indices, idx[: idx.size // 2])
+    with pytest.raises(ValueError, match="remap"):
+        S.loss_grad_theta(model, X, y, idx, theta, other)

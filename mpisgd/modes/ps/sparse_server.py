@@ -30,6 +30,9 @@ def merge_pairs(keys: list[np.ndarray], vals: list[np.ndarray]) -> tuple[np.ndar
                                                                           np.ndarray]:
     """Sum (key, value) lists by key, in list order within a key (the same sum on every
     run); keys whose sum is exactly 0 are dropped, as the allreduce exchange drops them."""
+    if len(keys) == 1:   # one push: its keys are already sorted and unique
+        keep = vals[0] != 0
+        return keys[0][keep], vals[0][keep]
     all_keys = np.concatenate(keys) if keys else np.empty(0, np.int64)
     all_vals = np.concatenate(vals) if vals else np.empty(0)
     if all_keys.size == 0:
