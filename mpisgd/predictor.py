@@ -59,11 +59,14 @@ class TrainedModel:
         """The model's outputs for raw rows X (float32/float64, C-contiguous, (n, d)), in
         X's dtype: regression values (n,); P(y=1) (n,) for a one-output binary model;
         (n, C) class probabilities otherwise. X itself is left unchanged."""
-        if self.scaler is not None:
+        sparse = isinstance(X, kernels.sparse.CSR) if _is_csr(X) else False
+        if self.scaler is not None and not sparse:
             X = self.scaler.transform(X)
         theta = self._theta.get(X.dtype)
         if theta is None:
             theta = self._theta[X.dtype] = self.model.theta.astype(X.dtype)
+        if sparse:   # rows of a CSR dataset (a sparse model: linear, logistic, softmax)
+            return kernels.sparse.predict(self.model_name, X, theta)
         return kernels.spec_predict(self.spec, X, theta)
 
     def class_indices(self, out: np.ndarray) -> np.ndarray:
@@ -86,7 +89,18 @@ class TrainedModel:
         return out
 
     # -- the scikit-learn side -----------------------------------------------------------
-    def _rows(self, X) -> np.ndarray:
+    def _rows(self, X):
+        if hasattr(X, "tocsr") and hasattr(X, "indptr"):   # a scipy.sparse matrix or array
+            if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+                raise ValueError(f"X must have {self.n_features_in_} features (the training "
+                                 f"data's); got shape {X.shape}")
+            if self.scaler is not None:
+                raise ValueError("this model standardises its rows, which a sparse X cannot "
+                                 "keep sparse; give a dense array")
+            A = X.tocsr()
+            if A.dtype not in _FLOATS:
+                A = A.astype(np.float64)
+            return kernels.sparse.CSR.from_scipy(A)
         X = np.asarray(X)
         if X.dtype not in _FLOATS:
             X = X.astype(np.float64)
@@ -150,3 +164,8 @@ def load_model(path) -> TrainedModel:
     :class:`TrainedModel`. One process, no MPI launcher; raises DataError naming the
     file."""
     return TrainedModel(read_model_file(path))
+
+
+def _is_csr(X) -> bool:
+    """Cheap test before touching kernels.sparse (loaded on first use)."""
+    return type(X).__name__ == "CSR"

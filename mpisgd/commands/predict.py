@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 from mpi4py import MPI
 
+from mpisgd import data as datasets
 from mpisgd import kernels
 from mpisgd.comm import Topology, agree, agreed_call, bcast_value
 from mpisgd.commands.common import ArgParser, on_world
@@ -67,6 +68,10 @@ def check_data(model: TrainedModel, info: DatasetInfo, labels: bool) -> None:
         raise DataError(f"data '{info.path}' has {info.n_features} features but model "
                         f"'{model.path}' was trained on {nf}; give data with the training "
                         f"data's columns.")
+    if info.layout == "csr" and (model.model_name == "mlp" or model.scaler is not None):
+        raise DataError(f"data '{info.path}' is sparse (CSR), but model '{model.path}' "
+                        f"{'is an mlp' if model.model_name == 'mlp' else 'standardises rows'}"
+                        f", which needs dense rows; convert the data dense (--dense).")
     n_classes = model.model.n_classes
     if labels and (info.task, info.n_classes) != (model.task, n_classes):
         raise DataError(f"data '{info.path}' is a {info.task} task with {info.n_classes} "
@@ -88,6 +93,11 @@ def _predict_blocks(model: TrainedModel, info: DatasetInfo, lo: int, hi: int,
 
     The output is in the data's dtype (:meth:`TrainedModel.outputs`).
     """
+    if info.layout == "csr":
+        for first, block, y in datasets.iter_csr_blocks(info, lo, hi, check_values=check):
+            X = kernels.sparse.CSR(block.indptr, block.indices, block.values, info.n_features)
+            yield first, y, model.outputs(X)
+        return
     rows = min(BLOCK_ROWS, default_block_rows(info.n_features, info.dtype.itemsize))
     for first, X, y in iter_blocks(info, lo, hi, rows):
         if check:
@@ -99,7 +109,11 @@ def _predict_blocks(model: TrainedModel, info: DatasetInfo, lo: int, hi: int,
 def _warm_up(topo: Topology, model: TrainedModel, info: DatasetInfo) -> None:
     """Collective: compile the predict kernel on one rank per node, then the others load
     numba's cache (ranks compiling at once on shared cores take ranks times as long)."""
-    X = np.zeros((1, info.n_features), dtype=info.dtype)
+    if info.layout == "csr":   # one empty row: a dense one could be 2^32 wide
+        X = kernels.sparse.CSR(np.zeros(2, np.int64), np.zeros(0, np.uint32),
+                               np.zeros(0, info.dtype), info.n_features)
+    else:
+        X = np.zeros((1, info.n_features), dtype=info.dtype)
     notice = kernels.compile_notice(model.spec) if topo.rank == 0 else None
     if notice:
         say(notice)

@@ -5,11 +5,14 @@ bitwise repeat and exact resume; clear refusals."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from scipy import sparse as sp
 
+import mpisgd
 from mpisgd.data import write_csr_shard, write_shard
 from mpisgd.store.modelfile import load_model
 
@@ -213,3 +216,39 @@ def test_ps_sparse_resume_at_another_server_count(launch, tmp_path):
     assert "resuming at step 15" in r.stdout
     # bsp with two workers at both sizes: the same sums, so the same parameters bitwise.
     np.testing.assert_array_equal(_theta(out), _theta(ref))
+
+
+# -- eval, predict and load_model on CSR rows ------------------------------------------------
+
+def test_eval_predict_and_load_model_read_csr_rows(launch, tmp_path, csr):
+    task, sparse_dir, dense_dir = csr
+    run = tmp_path / "run"
+    launch(2, _job(sparse_dir, task, "optimizer.name='adagrad'") + ["--out", str(run)],
+           timeout=120, check=True)
+    out = tmp_path / "pred.npy"
+    launch(2, ["predict", str(run), "--data", sparse_dir, "--out", str(out)], timeout=60,
+           check=True)
+    model = mpisgd.load_model(run)
+    X = sp.vstack([sp.csr_matrix((f["values"][...], f["indices"][...], f["indptr"][...]),
+                                 shape=(f["indptr"].shape[0] - 1, model.n_features_in_))
+                   for f in _shards(sparse_dir)]).tocsr()
+    dense = np.concatenate([h5py.File(p, "r")["X"][...] for p in sorted(
+        Path(dense_dir).glob("*.h5"))])
+    pred = model.predict(X)
+    np.testing.assert_array_equal(np.load(out), pred)          # predict == load_model
+    # CSR == densified rows (a dot product summed in another order: values to rounding)
+    np.testing.assert_allclose(pred, model.predict(dense), rtol=1e-12, atol=1e-14)
+    metrics = tmp_path / "m.json"
+    launch(2, ["eval", str(run), "--data", sparse_dir, "--out", str(metrics)], timeout=60,
+           check=True)
+    got = json.loads(metrics.read_text())["metrics"]
+    y = np.concatenate([h5py.File(p, "r")["y"][...] for p in sorted(
+        Path(dense_dir).glob("*.h5"))])
+    key = "r2" if task == "regression" else "accuracy"
+    assert got[key] == pytest.approx(model.score(X, y), abs=1e-9)
+
+
+def _shards(folder: str):
+    for path in sorted(Path(folder).glob("*.h5")):
+        with h5py.File(path, "r") as f:
+            yield f
