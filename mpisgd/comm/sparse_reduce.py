@@ -9,7 +9,7 @@ the ranks' key counts, which every rank learns first (one small allgather that a
 carries the step's loss, rows and votes), so every rank takes the same path.
 
 Both paths give every rank the same result: the pairs are summed per key in rank order
-(a stable sort and a sequential segment sum), and MPI's Allreduce gives every rank the
+(a k-way merge, :mod:`mpisgd.kernels.merge`), and MPI's Allreduce gives every rank the
 same vector. The keys of the result are those whose summed gradient is non-zero, in both
 paths, so the path taken never changes which keys an optimizer step touches.
 """
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 from mpi4py import MPI
+
+from mpisgd.kernels.merge import merge_runs
 
 METHODS = ("auto", "dense", "pairs")
 
@@ -82,15 +84,7 @@ class SparseReducer:
         self.comm.Allgatherv(keys, [all_keys, counts, displs, MPI.INT64_T])
         self.comm.Allgatherv(vals, [all_vals, counts, displs, _mpi_type(self.dtype)])
         self.sent += keys.nbytes + vals.nbytes
-        order = np.argsort(all_keys, kind="stable")   # rank order within a key
-        sorted_keys = all_keys[order]
-        if n == 0:
-            return sorted_keys, all_vals
-        starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-        summed = np.add.reduceat(all_vals[order], starts)
-        out_keys = sorted_keys[starts]
-        keep = summed != 0
-        return out_keys[keep], np.ascontiguousarray(summed[keep])
+        return merge_runs(all_keys, all_vals, counts)   # rank order within a key
 
     def _allreduce(self, keys, vals):
         if self._dense is None:

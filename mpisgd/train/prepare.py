@@ -24,6 +24,7 @@ from mpisgd.context import Context, Effective
 from mpisgd.data import DatasetInfo
 from mpisgd.data.partition import block_range
 from mpisgd.errors import ConfigError, DataError
+from mpisgd.kernels.merge import merge_runs
 from mpisgd.runtime.log import say, warn
 from mpisgd.store import runfolder
 from mpisgd.train.data import load_rows, open_inputs, too_big
@@ -190,6 +191,7 @@ def _warm_up_sparse(ctx: Context, theta: np.ndarray, one: np.ndarray) -> None:
             try:
                 kernels.sparse.loss_grad_theta(ctx.model, ctx.X, ctx.y, one, theta)
                 kernels.sparse.predict(ctx.model, ctx.X, theta, one)
+                merge_runs(np.ones(2, np.int64), np.ones(2, ctx.dtype), [1, 1])
             except Exception as exc:  # noqa: BLE001 - agreed below
                 error = exc
         agree(ctx.topo.world, error)

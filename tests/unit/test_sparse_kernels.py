@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import mpisgd.kernels as K
 from mpisgd.errors import ConfigError, DataError
 from mpisgd.kernels import sparse as S
+from mpisgd.kernels.merge import merge_runs
 
 DTYPES = (np.float32, np.float64)
 RTOL = {np.float32: 2e-5, np.float64: 1e-12}
@@ -342,3 +343,22 @@ def test_known_keys_give_the_same_gradient_and_are_checked(model):
     other = S.unique_keys(X.indptr, X.indices, idx[: idx.size // 2])
     with pytest.raises(ValueError, match="remap"):
         S.loss_grad_theta(model, X, y, idx, theta, other)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_merge_runs_sums_equal_keys_in_run_order_and_drops_zeros(dtype):
+    rng = np.random.default_rng(3)
+    runs = [np.unique(rng.integers(0, 50, n)) for n in (30, 0, 25, 40)]
+    vals = [rng.normal(size=r.size).astype(dtype) for r in runs]
+    vals[2][:3] = 0   # a zero contribution is still added; a zero sum is dropped
+    keys, got = merge_runs(np.concatenate(runs), np.concatenate(vals), [r.size for r in runs])
+    want = {}
+    for r, v in zip(runs, vals):
+        for k, x in zip(r, v):
+            want[int(k)] = want[int(k)] + x if int(k) in want else x   # run order, dtype
+    want = {k: v for k, v in want.items() if v != 0}
+    assert keys.tolist() == sorted(want)
+    np.testing.assert_array_equal(got, np.array([want[k] for k in sorted(want)], dtype))
+    assert got.dtype == dtype
+    with pytest.raises(ValueError, match="do not add up"):
+        merge_runs(keys, got, [keys.size + 1])

@@ -21,6 +21,7 @@ from mpisgd.comm.p2p import (
     TAG_REPLY,
     SparseMessage,
 )
+from mpisgd.kernels.merge import merge_runs
 from mpisgd.modes.common import check_finite
 from mpisgd.modes.ps.server import Server
 from mpisgd.optim_sparse import make_sparse_optimizer
@@ -28,21 +29,12 @@ from mpisgd.optim_sparse import make_sparse_optimizer
 
 def merge_pairs(keys: list[np.ndarray], vals: list[np.ndarray]) -> tuple[np.ndarray,
                                                                           np.ndarray]:
-    """Sum (key, value) lists by key, in list order within a key (the same sum on every
-    run); keys whose sum is exactly 0 are dropped, as the allreduce exchange drops them."""
+    """Sum the pushes' (key, value) runs by key, in push order within a key (the same sum
+    on every run); keys whose sum is exactly 0 are dropped, as in allreduce mode."""
     if len(keys) == 1:   # one push: its keys are already sorted and unique
         keep = vals[0] != 0
         return keys[0][keep], vals[0][keep]
-    all_keys = np.concatenate(keys) if keys else np.empty(0, np.int64)
-    all_vals = np.concatenate(vals) if vals else np.empty(0)
-    if all_keys.size == 0:
-        return all_keys, all_vals
-    order = np.argsort(all_keys, kind="stable")
-    sorted_keys = all_keys[order]
-    starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-    summed = np.add.reduceat(all_vals[order], starts)
-    keep = summed != 0
-    return sorted_keys[starts][keep], np.ascontiguousarray(summed[keep])
+    return merge_runs(np.concatenate(keys), np.concatenate(vals), [k.size for k in keys])
 
 
 class SparseServer(Server):
