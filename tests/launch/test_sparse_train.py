@@ -252,3 +252,28 @@ def _shards(folder: str):
     for path in sorted(Path(folder).glob("*.h5")):
         with h5py.File(path, "r") as f:
             yield f
+
+
+# -- faults: the error discipline holds for sparse jobs -----------------------------------
+
+@pytest.mark.parametrize("mode", ["allreduce", "ps"])
+def test_failures_in_sparse_steps_end_the_job_with_one_message(launch, tmp_path, mode):
+    sparse_dir, _ = _csr_data(tmp_path / "data", "binary")
+    job = _job(sparse_dir, "binary", f"mode='{mode}'", "ps.consistency='asp'")
+    r = launch(3, job + sets("debug.fail_rank=2", "debug.fail_step=5") + ["--out",
+               str(tmp_path / "exc")], timeout=60, fresh=True)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "injected failure in the gradient kernel at step 5" in r.stderr
+    assert "rank 2" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = launch(3, job + sets("debug.fail_rank=2", "debug.fail_step=5", "debug.fail_kind='nan'")
+               + ["--out", str(tmp_path / "nan")], timeout=60, fresh=True)
+    assert r.returncode == 4 and "NaN/Inf" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_a_transient_nan_in_a_sparse_job_is_rolled_back(launch, tmp_path):
+    sparse_dir, _ = _csr_data(tmp_path / "data", "binary")
+    r = launch(2, _job(sparse_dir, "binary", "debug.fail_rank=1", "debug.fail_step=5",
+                       "debug.fail_kind='nan'", "train.on_divergence='rollback'",
+                       "checkpoint.every_steps=3") + ["--out", str(tmp_path / "run")],
+               timeout=60, check=True)
+    assert "Rollback 1 of 3: back to step 3" in r.stderr, r.stderr

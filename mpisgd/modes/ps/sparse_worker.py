@@ -50,7 +50,8 @@ class SparseWorker(Worker):
         self.feedback = [None] * len(ranges)
         self.theta = theta
         self.bounds = np.array([lo for lo, _ in ranges] + [ranges[-1][1]], dtype=np.int64)
-        # The gradient travels as pairs (plan.last); the failure hooks get a scratch value.
+        # The gradient travels as pairs (plan.last); the failure hooks write into a scratch
+        # value, which _exchange carries over into the push.
         self.grad = self.out = np.zeros(1, dtype=theta.dtype)
         self.hooks = Hooks(ctx.cfg.debug, ctx.topo.rank, ctx.nan_fired)
         self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0}
@@ -63,6 +64,9 @@ class SparseWorker(Worker):
         last_step = step + 1 >= self.plan.total
         last = (not self.sync) and last_step
         keys, vals = self.plan.last
+        if np.isnan(self.out[0]):   # debug.fail_kind = "nan": the hook's NaN, into the push
+            vals = vals.copy()
+            vals[0], self.out[0] = np.nan, 0
         pull = np.empty(0, np.int64) if last_step else self.plan.keys_for(step + 1)
         cut_k = np.searchsorted(keys, self.bounds)
         cut_p = np.searchsorted(pull, self.bounds)
