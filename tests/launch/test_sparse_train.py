@@ -277,3 +277,12 @@ def test_a_transient_nan_in_a_sparse_job_is_rolled_back(launch, tmp_path):
                        "checkpoint.every_steps=3") + ["--out", str(tmp_path / "run")],
                timeout=60, check=True)
     assert "Rollback 1 of 3: back to step 3" in r.stderr, r.stderr
+
+
+def test_cross_validation_of_a_sparse_job(launch, tmp_path):
+    sparse_dir, _ = _csr_data(tmp_path / "data", "binary")
+    out = tmp_path / "cv"
+    launch(2, ["cv", *_job(sparse_dir, "binary", "optimizer.name='adagrad'"), "--folds", "3",
+               "--out", str(out)], timeout=120, check=True)
+    folds = json.loads((out / "cv.json").read_text())
+    assert len(folds["per_fold"]) == 3 and folds["mean"]["accuracy"] > 0.7, folds
