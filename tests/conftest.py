@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import report
+from launch.procs import kill_job
 from pool import Pools
 from report import record_launch
 
@@ -27,7 +28,8 @@ if os.environ.get("MPISGD_CACHE"):
 
 
 def mpiexec_path() -> str:
-    """The MPI launcher beside this Python (pip's mpich), else the one on PATH."""
+    """The MPI launcher beside this Python (the venv's MPICH or Open MPI from PyPI), else
+    the one on PATH."""
     here = Path(sys.executable).parent / "mpiexec"
     if here.exists():
         return str(here)
@@ -37,12 +39,41 @@ def mpiexec_path() -> str:
     return found
 
 
+@functools.cache
+def is_open_mpi(mpiexec: str) -> bool:
+    """Whether ``mpiexec`` is Open MPI's ("mpiexec (Open MPI) 5.0.x", "(OpenRTE) 4.1.x");
+    MPICH's hydra prints its build details instead."""
+    try:
+        out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Open MPI" in out or "OpenRTE" in out
+
+
+def mpiexec_cmd() -> list[str]:
+    """The launcher and the options every test launch needs: Open MPI refuses more ranks
+    than cores ("not enough slots") without --oversubscribe, an option MPICH rejects."""
+    path = mpiexec_path()
+    return [path, "--oversubscribe"] if is_open_mpi(path) else [path]
+
+
+def launcher_env(env: dict[str, str], mpiexec: str) -> dict[str, str]:
+    """``env`` with what the launcher needs to start at all: Open MPI's mpirun refuses to
+    run as root (CI, containers) unless told twice (`make` sets these too)."""
+    env = dict(env)
+    if is_open_mpi(mpiexec) and os.geteuid() == 0:
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return env
+
+
 # Commands that run outside the collective error discipline (see mpisgd.cli.main).
 _OWN_PROCESS = ("data", "info", "plot", "compare")
 
 
 class Launcher:
-    """Runs ``mpiexec -n N python ...`` with a hard timeout; kills the whole group on expiry.
+    """Runs ``mpiexec -n N python ...`` with a hard timeout; kills the whole job on expiry.
 
     An ordinary job (``python -m mpisgd`` with no environment or wrapper of its own, and
     ``fresh`` not asked) runs in the pool world of its size (tests/pool.py) unless
@@ -59,9 +90,10 @@ class Launcher:
         """Start ``[PREFIX] mpiexec -n N python -m mpisgd ARGS`` in its own process group.
 
         The caller owns the timeout: wait with ``communicate(timeout=...)`` and kill the
-        group (``os.killpg``) if it expires.
+        job (``launch.procs.kill_job``: every rank, whatever its process group) if it
+        expires.
         """
-        cmd = [*(prefix or []), mpiexec_path(), "-n", str(n), sys.executable, "-m", "mpisgd",
+        cmd = [*(prefix or []), *mpiexec_cmd(), "-n", str(n), sys.executable, "-m", "mpisgd",
                *args]
         record_launch(n, False, None)
         # start() is for tests about processes (kills, signals): each rank supervised.
@@ -73,7 +105,7 @@ class Launcher:
     def __call__(self, n: int, args: list[str], *, timeout: float = 120, module: bool = True,
                  env: dict[str, str] | None = None, cwd: str | None = None,
                  check: bool = False, fresh: bool = False) -> subprocess.CompletedProcess:
-        cmd = [mpiexec_path(), "-n", str(n), sys.executable]
+        cmd = [*mpiexec_cmd(), "-n", str(n), sys.executable]
         cmd += ["-m", "mpisgd", *args] if module else list(args)
         t0 = time.monotonic()
         pooled = (self.pools is not None and module and not env and not fresh
@@ -100,7 +132,7 @@ class Launcher:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_job(proc.pid)
             out, err = proc.communicate()
             return None, out, err
         return proc.returncode, out, err
@@ -151,9 +183,10 @@ def launch(session_cache) -> Launcher:
     # The per-rank supervisor (mpisgd/runtime/supervise.py) doubles the processes of a launch;
     # only the tests about process deaths need it (they launch with start()).
     env.setdefault("MPISGD_SUPERVISE", "0")
+    env = launcher_env(env, mpiexec_path())
     pools = None
     if os.environ.get("MPISGD_TEST_POOL", "1") != "0":
-        pools = Pools(mpiexec_path(), env, str(ROOT))
+        pools = Pools(mpiexec_cmd(), env, str(ROOT))
     try:
         yield Launcher(env, pools)
     finally:

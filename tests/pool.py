@@ -11,13 +11,13 @@ fresh one. ``MPISGD_TEST_POOL=0`` launches every job on its own.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from launch.procs import kill_job
 
 SERVER = str(Path(__file__).with_name("pool_server.py"))
 
@@ -25,12 +25,12 @@ SERVER = str(Path(__file__).with_name("pool_server.py"))
 class PoolWorld:
     """``mpiexec -n N python pool_server.py DIR`` and the jobs sent to it."""
 
-    def __init__(self, mpiexec: str, n: int, env: dict[str, str], cwd: str):
+    def __init__(self, mpiexec: list[str], n: int, env: dict[str, str], cwd: str):
         self.n = n
         self.control = Path(tempfile.mkdtemp(prefix=f"mpisgd-pool{n}-"))
         self.log_out = open(self.control / "world.out", "w+")
         self.log_err = open(self.control / "world.err", "w+")
-        self.proc = subprocess.Popen([mpiexec, "-n", str(n), sys.executable, SERVER,
+        self.proc = subprocess.Popen([*mpiexec, "-n", str(n), sys.executable, SERVER,
                                       str(self.control)], stdout=self.log_out,
                                      stderr=self.log_err, env=env, cwd=cwd,
                                      start_new_session=True)
@@ -90,10 +90,7 @@ class PoolWorld:
         self.log_err.close()
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_job(self.proc.pid)   # every rank: under Open MPI each has a group of its own
         self.proc.wait()
 
 
@@ -113,7 +110,8 @@ def _tail(path: Path, start: int) -> str:
 class Pools:
     """One pool world per world size, started on first use, closed at the end."""
 
-    def __init__(self, mpiexec: str, env: dict[str, str], cwd: str):
+    def __init__(self, mpiexec: list[str], env: dict[str, str], cwd: str):
+        """``mpiexec``: the launcher command (with its options), without ``-n N``."""
         self.mpiexec, self.env, self.cwd = mpiexec, env, cwd
         self.worlds: dict[int, PoolWorld] = {}
 

@@ -21,6 +21,7 @@ from mpi4py import MPI
 
 from mpisgd import errors
 from mpisgd.errors import CommError, MpisgdError
+from mpisgd.runtime.supervise import outcome_decided
 
 
 @dataclass
@@ -225,6 +226,9 @@ def abort_job(message: str, code: int = 1) -> None:
     # The launcher forwards this rank's stderr through its proxy; an immediate abort
     # can tear the proxy down before the message is forwarded (seen with hydra).
     _wait_progressing(0.5)
+    # Said: this rank's supervisor must not report its end as a death of its own (Open
+    # MPI's MPI_Abort exits this process with the code; its launcher then SIGTERMs the rest).
+    outcome_decided(code)
     if MPI.Is_initialized() and not MPI.Is_finalized():
         MPI.COMM_WORLD.Abort(code)
     os._exit(code)

@@ -24,6 +24,7 @@ from mpisgd.data.csr import LAYOUTS, csr_meta, index_dtype
 from mpisgd.data.manifest import MANIFEST_SUFFIXES, read_manifest
 from mpisgd.errors import DataError
 from mpisgd.models import TASKS
+from mpisgd.runtime.launch_env import launcher_rank
 
 FORMAT_NAME = "mpisgd"
 # The newest version this reads and writes. Version 2 only adds label_values that are
@@ -201,7 +202,7 @@ def _hidden_here(path: str) -> None:
     if not spec:
         return
     rank, fragment = spec.split(":", 1)
-    if fragment in str(path) and os.environ.get("PMI_RANK", "0") == rank:
+    if fragment in str(path) and (launcher_rank() or "0") == rank:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
 
 

@@ -1,4 +1,5 @@
-"""MPI settings that must be in the environment before MPI starts in this process.
+"""What the launcher tells a process before MPI starts (its rank, the ranks on its node),
+and the MPI settings that must be in the environment before MPI starts in this process.
 
 When more ranks share a node than it has cores, a rank that busy-polls inside a
 collective steals the core a working rank needs. The launchers tell each process how
@@ -14,6 +15,13 @@ from __future__ import annotations
 
 import os
 
+# Environment variables, per launcher, that hold this process's rank in the job. The MPI
+# launchers' own come first: under `mpirun` inside a Slurm allocation every rank inherits
+# the batch step's SLURM_PROCID (0), which names the task, not the rank.
+RANK_VARS = ("PMI_RANK",               # MPICH hydra, Intel MPI, srun --mpi=pmi2
+             "OMPI_COMM_WORLD_RANK",   # Open MPI's mpirun
+             "PMIX_RANK",              # any PMIx launcher (srun --mpi=pmix, prterun)
+             "SLURM_PROCID")           # srun
 # Environment variables, per launcher, that hold the number of ranks on this node.
 _LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS",             # MPICH hydra
                     "OMPI_COMM_WORLD_LOCAL_SIZE",  # Open MPI
@@ -27,6 +35,16 @@ YIELD_SETTINGS = {"OMPI_MCA_mpi_yield_when_idle": "1"}   # Open MPI
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 # ... and only on request (MPISGD_YIELD=1), because it costs latency.
 HEAVY_YIELD_SETTINGS = {"MPIR_CVAR_ENABLE_HEAVY_YIELD": "1"}  # MPICH: nanosleep, not sched_yield
+
+
+def launcher_rank(environ=None) -> str | None:
+    """This process's rank as the launcher that started it says, before MPI starts;
+    None when no launcher started it (one process: ``python -m mpisgd``)."""
+    environ = os.environ if environ is None else environ
+    for name in RANK_VARS:
+        if name in environ:
+            return environ[name]
+    return None
 
 
 def ranks_on_this_node() -> int | None:

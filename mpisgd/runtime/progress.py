@@ -24,8 +24,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mpisgd.runtime import log
+from mpisgd.runtime.launch_env import launcher_rank
 from mpisgd.runtime.numbers import num
-from mpisgd.runtime.supervise import launcher_rank
 
 # Process names (/proc/PID/stat's comm) of the launchers that own the user's terminal.
 LAUNCHERS = frozenset({"mpiexec", "mpirun", "mpiexec.hydra", "orterun", "prterun", "srun"})
@@ -69,19 +69,25 @@ def auto_mode(proc: Path = PROC) -> tuple[str, str | None]:
     return ("bar", target) if is_terminal(target) else ("lines", None)
 
 
-def _columns(terminal: str | None) -> int | None:
-    """The width of ``terminal`` (None: this process's own stdout, which tqdm follows)."""
-    if terminal is None:
-        return None
+def _size(terminal: str | None) -> tuple[int | None, int | None]:
+    """(columns, rows) for the bar on ``terminal`` (None: this process's own stdout);
+    (None, None) when tqdm can follow this process's own terminal as it resizes."""
     try:
-        fd = os.open(terminal, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-        try:
-            columns = os.get_terminal_size(fd).columns
-        finally:
-            os.close(fd)
-    except OSError:
-        columns = 0
-    return columns - 1 if columns > 1 else 79   # one short: a full line would wrap
+        if terminal is None:
+            columns, rows = os.get_terminal_size(sys.stdout.fileno())
+        else:
+            fd = os.open(terminal, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                columns, rows = os.get_terminal_size(fd)
+            finally:
+                os.close(fd)
+    except (OSError, ValueError):   # not a terminal, or stdout has no file descriptor
+        columns, rows = 0, 0
+    if terminal is None and columns > 0 and rows > 0:
+        return None, None
+    # One column short: a full line would wrap. A terminal of 0 rows (the pty Open MPI
+    # gives each rank) would make tqdm draw nothing at all.
+    return (columns - 1 if columns > 1 else 79), (rows if rows > 0 else 24)
 
 
 class Progress:
@@ -97,9 +103,10 @@ class Progress:
         self.mode = mode if active else "none"
         self.bar = None
         if self.mode == "bar":
-            cols = _columns(terminal)
+            cols, rows = _size(terminal)
             self.bar = tqdm(total=total_steps, unit="step", file=sys.stdout, ncols=cols,
-                            dynamic_ncols=cols is None, mininterval=0.5, leave=True)
+                            nrows=rows, dynamic_ncols=cols is None, mininterval=0.5,
+                            leave=True)
             log.live(self.write)
 
     def write(self, line: str) -> None:

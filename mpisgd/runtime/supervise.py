@@ -12,6 +12,19 @@ and the signal, then dies of the same signal, which makes the launcher end the j
 The child asks the kernel to kill it if the parent dies (PR_SET_PDEATHSIG), so when the
 launcher kills the parents during its cleanup no child is left behind.
 
+What is not news is not reported. A launcher ends a job by signalling its processes:
+MPICH's hydra kills every one at once (parents included); Open MPI's prterun sends
+SIGTERM to each rank it started (the parent, which forwards it) and to its children, as
+soon as one rank aborts or exits with a nonzero code, and SIGKILL half a second later.
+So the parent stays silent, and ends as its child did, when its child dies of a signal
+the parent was sent too (the launcher, a batch system or a user ended the job, and they
+know it), or after the child said its outcome was decided: its Python code finished
+(its last ``atexit`` handler), or it is aborting the job having printed why
+(:func:`outcome_decided`). From then on the child also ignores the signals a launcher
+ends a job with: only MPI_Finalize or MPI_Abort is left, and the job's exit code (2
+after an agreed error, 75 after a checkpoint on SIGTERM) must not become a false report
+of a death by signal.
+
 ``MPISGD_SUPERVISE=0`` turns it off (one process per rank, as before). Linux only.
 """
 
@@ -25,19 +38,24 @@ import socket
 import sys
 import time
 
-# The environment variable through which each launcher gives a process its rank.
-_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+from mpisgd.runtime.launch_env import launcher_rank
+
 _FORWARD = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP,
             signal.SIGQUIT)
 _PR_SET_PDEATHSIG = 1
 _CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT}
 
 
-def launcher_rank() -> str | None:
-    for name in _RANK_VARS:
-        if name in os.environ:
-            return os.environ[name]
-    return None
+# What the child writes to the parent once its outcome is decided (then, when it is
+# aborting, the exit code it aborts with: one byte).
+_DONE = b"x"
+# Signals the parent was sent (and forwarded to the child), in arrival order.
+_received: list[int] = []
+# A child killed by a teardown signal before its parent got the same signal waits this
+# long for it (a launcher signals the two one after the other) before reporting.
+_SIBLING_SIGNAL_S = 0.1
+# In the child: the write end of the pipe to the parent (None: not supervised, or said).
+_to_parent: list[int | None] = [None]
 
 
 def supervise() -> None:
@@ -51,43 +69,86 @@ def supervise() -> None:
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    # The child writes one byte here when Python exits normally (atexit): an exit
+    # The child writes here once its outcome is decided (outcome_decided): an exit
     # without it went around Python (os._exit, a crash in native code) and said nothing.
     done_r, done_w = os.pipe()
+    # Held back until the parent forwards them: one arriving between the fork and the
+    # parent's handlers would end the parent (and so, through PDEATHSIG, the child).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARD)
     child = os.fork()
     if child == 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(done_r)
         _die_with(parent)
-        atexit.register(os.write, done_w, b"x")
+        _to_parent[0] = done_w
+        atexit.register(outcome_decided)   # first registered, so the last to run
         return
     os.close(done_w)
     for sig in _FORWARD:
         signal.signal(sig, lambda signum, _frame: _forward(child, signum))
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     while True:
         try:
             _, status = os.waitpid(child, 0)
             break
         except ChildProcessError:   # reaped elsewhere: cannot happen, but never spin
             os._exit(1)
-    reported = _read_all(done_r) == b"x"
+    _end_like(rank, child, status, _read_all(done_r))
+
+
+def _end_like(rank: str, child: int, status: int, said: bytes) -> None:
+    """In the parent: end as the child ended, with one line if its end is news."""
+    decided = said[:1] == _DONE
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        _report(rank, describe(sig, child))
-        # Die of the same signal: a launcher treats a rank killed by a signal as a failed
-        # job at once (hydra did not always for a plain exit code 137).
-        try:
-            signal.signal(sig, signal.SIG_DFL)   # SIGKILL and SIGSTOP cannot be caught
-        except (OSError, ValueError):
-            pass
-        os.kill(os.getpid(), sig)
-        os._exit(128 + sig)   # a signal that does not kill by default
+        if len(said) > 1:   # it aborted the job (and said why), then the launcher ended it
+            os._exit(said[1])
+        if sig in _FORWARD and sig not in _received and not decided:
+            time.sleep(_SIBLING_SIGNAL_S)   # the launcher may be signalling this process next
+        if not decided and sig not in _received:
+            _report(rank, describe(sig, child))
+        _die_of(sig)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
-    if code and not reported:
+    if code and not decided:
         _report(rank, f"the process (pid {child}) exited with code {code} without reporting "
                       f"an error (it ended around Python: os._exit, or a crash in native "
                       f"code)")
-        os.kill(os.getpid(), signal.SIGKILL)   # as above: the launcher ends the job at once
+        os.kill(os.getpid(), signal.SIGKILL)   # as below: the launcher ends the job at once
     os._exit(code)
+
+
+def _die_of(sig: int) -> None:
+    """Die of ``sig``: a launcher treats a rank killed by a signal as a failed job at once
+    (hydra did not always for a plain exit code 137)."""
+    try:
+        signal.signal(sig, signal.SIG_DFL)   # SIGKILL and SIGSTOP cannot be caught
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), sig)
+    os._exit(128 + sig)   # a signal that does not kill by default
+
+
+def outcome_decided(abort_code: int | None = None) -> None:
+    """In a supervised rank, once its outcome is decided and said: at the end of its
+    Python code (registered with atexit), or before it aborts the job with
+    ``abort_code`` after printing why. Tells the parent, which then reports no death, and
+    ignores the launcher's teardown signals from here on (Python keeps a handler set to
+    SIG_IGN through its own finalisation; others go back to SIG_DFL then). Does nothing
+    in a process that is not supervised, and the second time."""
+    fd, _to_parent[0] = _to_parent[0], None
+    if fd is None:
+        return
+    code = b"" if abort_code is None else bytes([abort_code & 0xFF])
+    try:
+        os.write(fd, _DONE + code)
+        os.close(fd)
+    except OSError:   # the parent is gone: the kernel ends this process anyway
+        pass
+    for sig in _FORWARD:
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:   # not the main thread (a watchdog aborting): the parent knows
+            break
 
 
 def _report(rank: str, text: str) -> None:
@@ -125,6 +186,7 @@ def describe(sig: int, pid: int) -> str:
 
 
 def _forward(child: int, signum: int) -> None:
+    _received.append(signum)
     try:
         os.kill(child, signum)
     except ProcessLookupError:

@@ -165,4 +165,12 @@ def sbatch(slurm_cluster, session_cache, tmp_path_factory) -> Submitter:
     env["MPISGD_NUMBA_CACHE"] = str(session_cache / "numba" / socket.gethostname())
     env["TMPDIR"] = str(tmp_path_factory.mktemp("node-tmp"))
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if os.geteuid() == 0:   # Open MPI's mpirun refuses root without these (MPICH ignores them)
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    # The test node claims 8 CPUs on a machine that may have 2 cores: Open MPI's mpirun
+    # inside the allocation would bind 8 ranks to 2 cores and refuse ("binding more
+    # processes than cpus"). A real node has the cores it claims.
+    env.setdefault("PRTE_MCA_hwloc_default_binding_policy", "none")   # Open MPI 5
+    env.setdefault("OMPI_MCA_hwloc_base_binding_policy", "none")      # Open MPI 4
     return Submitter(slurm_cluster, env)
