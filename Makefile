@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make run` and `make test`.
-#   make run [NP=8] [JOB=jobs/logreg.toml] [ARGS="--set train.epochs=3"]
+#   make run [NP=8] [JOB=jobs/logreg.toml] [ARGS="--set train.epochs=3"] [RESTARTS=K]
 #   make test [TESTS=...]     the whole suite (unit, MPI collectives, launch tests), or
 #                             the given test files
 #   make test-quick           the inner loop: unit tests and one launch per mode (~2 min)
@@ -69,8 +69,13 @@ endif
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# Through `mpisgd launch` (one launch, its exit code passed through: the same run as
+# `$(MPIEXEC) -n $(NP) python -m mpisgd ...`), which adds the launcher's keep-alive flag
+# only when the job asks for it (ps.on_worker_failure = "continue"; docs/reliability.md).
+# RESTARTS=K relaunches a failed job from its newest checkpoint up to K times.
+RESTARTS ?= 0
 run: install
-	$(MPIEXEC) -n $(NP) $(PY) -m mpisgd $(JOB) $(ARGS)
+	$(PY) -m mpisgd launch -n $(NP) --max-restarts $(RESTARTS) --mpiexec "$(MPIEXEC)" -- $(JOB) $(ARGS)
 
 test test-quick test-openmpi soak: export MPISGD_CACHE ?= $(CURDIR)/.cache/mpisgd
 test: install
@@ -78,7 +83,7 @@ test: install
 
 # The tests that talk MPI or launch it, again under Open MPI: the rest does not depend on
 # the MPI library.
-OPENMPI_TESTS = tests/mpi tests/launch/test_topology.py tests/launch/test_ps.py \
+OPENMPI_TESTS = tests/mpi tests/launch/test_topology.py tests/launch/test_ps.py tests/launch/test_survive.py \
                 tests/faults/test_catalogue.py
 test-openmpi:
 	$(MAKE) --no-print-directory test MPI=openmpi TESTS="$(OPENMPI_TESTS)"

@@ -5,6 +5,7 @@
     python -m mpisgd cv JOB.toml --folds K     k-fold cross-validation
     python -m mpisgd eval MODEL.h5 --data PATH / predict MODEL.h5 --data PATH --out PRED.h5
     python -m mpisgd data {synth,convert,info} ...
+    python -m mpisgd launch -n N [--max-restarts K] -- JOB.toml ...   mpiexec, relaunched
     python -m mpisgd info | plot | compare | help [COMMAND] | --help | --version
 
 An error every rank agreed on (bad config, bad data) is printed once by rank 0 and
@@ -59,6 +60,9 @@ LOCAL = {   # one process, no mpiexec needed
                     "figures of a run folder: loss and held-out metrics, time split"),
     "compare": Command("mpisgd.commands.plot", "main",
                        "several run folders on one figure and in one table"),
+    "launch": Command("mpisgd.commands.launch", "main",
+                      "run a job under mpiexec and relaunch it from its checkpoint when "
+                      "it fails"),
 }
 HELP = ("-h", "--help", "help")
 
@@ -76,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         _print(f"mpisgd {__version__}")
         return 0
     if first in LOCAL:
-        set_numba_cache_dir()
+        # launch compiles nothing, and its environment goes to every rank on every node:
+        # a cache folder named after its own host would be shared by all of them.
+        if first != "launch":
+            set_numba_cache_dir()
         # plot and compare read their own name (one parser, two commands)
         args = argv if first in ("plot", "compare") else argv[1:]
         return _command(LOCAL[first])(args)

@@ -25,8 +25,14 @@ HEADER_SLOTS = 6
 F_LAST = 1         # push flag: the worker's final step
 F_SIGNAL = 2       # push flag: this worker received SIGTERM/SIGUSR1
 F_LEAVE = 4        # push flag, no gradient: another server told this worker to stop
+F_PULL = 8         # push flag, no gradient (sparse): only the keys named, answered at once
+F_PULL_NEXT = 16   # push flag (sparse): the keys to pull follow in a TAG_PULL message
 F_STOP = 1         # reply flag: training is over for this worker
 F_INTERRUPTED = 2  # reply flag: ... because of a signal (a checkpoint was written)
+F_EVICTED = 4      # reply flag: the servers declared this worker dead (ps.dead_after)
+TAG_PULL = 107     # worker -> server (sparse): the keys to pull, after the push
+TAG_LOST = 105     # server rank 0 -> each live worker, after training: the dead ranks
+TAG_STATS = 106    # each live rank -> rank 0, after a death: its statistics
 
 
 class Message:
@@ -116,7 +122,8 @@ class Poller:
     at the price of a wake-up latency (measured 171 us per push and reply of a 101-float
     logistic model at 2 ranks on 2 cores with back-off, the worker's gradient 226 us:
     docs/performance.md). ``on_idle(seconds_without_progress)`` runs between polls (the
-    stall watchdog), at most every ``IDLE_EVERY`` seconds while spinning.
+    stall watchdog), at most every ``IDLE_EVERY`` seconds while spinning; when it returns
+    true, the wait returns no request (the caller has something else to do first).
     """
 
     IDLE_EVERY = 0.01
@@ -137,7 +144,8 @@ class Poller:
             if done:
                 self.last_progress = time.monotonic()
                 return done
-            self.on_idle(time.monotonic() - self.last_progress)
+            if self.on_idle(time.monotonic() - self.last_progress):
+                return []
             time.sleep(delay)
             delay = min(max(2 * delay, 2e-5), self.max_sleep)
 
@@ -151,7 +159,8 @@ class Poller:
                 return done
             now = clock()
             if now >= next_idle:
-                self.on_idle(now - self.last_progress)
+                if self.on_idle(now - self.last_progress):
+                    return []
                 next_idle = now + self.IDLE_EVERY
 
 

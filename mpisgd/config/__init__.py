@@ -207,6 +207,8 @@ def validate(cfg: JobConfig) -> None:
         raise ConfigError("train.on_divergence = 'rollback' needs mode = 'allreduce': in ps "
                           "mode only the server of a key range sees a NaN, and the job "
                           "stops (exit code 4 is not reached: the server aborts the job).")
+    if cfg.ps.on_worker_failure == "continue":
+        _check_going_on(cfg)
     if cfg.ps.stall_abort <= cfg.ps.stall_timeout:
         raise ConfigError("ps.stall_abort must be longer than ps.stall_timeout.")
     if cfg.data.folds == 1 or (cfg.data.folds and cfg.data.fold >= cfg.data.folds):
@@ -282,3 +284,19 @@ def reference_markdown() -> str:
 
     walk(JobConfig(), "")
     return "\n".join(lines)
+
+
+def _check_going_on(cfg: JobConfig) -> None:
+    """``ps.on_worker_failure = "continue"``: what training through a death needs."""
+    if cfg.mode != "ps":
+        raise ConfigError(f"ps.on_worker_failure = 'continue' needs mode = 'ps': in "
+                          f"{cfg.mode} mode every rank holds a part of every step; restart "
+                          f"from the newest checkpoint instead (`mpisgd launch "
+                          f"--max-restarts K`).")
+    if cfg.ps.node_aggregate:
+        raise ConfigError("ps.on_worker_failure = 'continue' cannot be used with "
+                          "ps.node_aggregate (a node's workers share one window: one's death "
+                          "stops its node).")
+    if cfg.ps.dead_after >= cfg.ps.stall_abort:
+        raise ConfigError("ps.dead_after must be shorter than ps.stall_abort (a worker "
+                          "that stopped pushing is declared dead before the job is ended).")

@@ -243,6 +243,13 @@ class PSConfig(Section):
     node_aggregate: bool = _f(False, Check("bool"),
                               "workers of a node sum their gradients in shared memory and "
                               "one of them talks to the servers")
+    on_worker_failure: str = _f("abort", Check("choice", choices=("abort", "continue")),
+                                "a worker's death ends the job (abort), or the servers drop "
+                                "it and training goes on with the others (continue; needs "
+                                "a launcher that keeps the job alive, see docs/reliability.md)")
+    dead_after: float = _f(10.0, POS, "continue: a worker that has not pushed for this long "
+                                      "while every other one has is declared dead (when no "
+                                      "supervisor reported its death sooner)")
 
 
 @dataclass
@@ -290,9 +297,10 @@ class DebugConfig(Section):
     trace_rows: bool = _f(False, Check("bool"), "write the global row ids each rank used")
     fail_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank raises ...")
     fail_step: int = _f(-1, Check("int", lo=-1), "... at this step")
-    fail_kind: str = _f("exception", Check("choice", choices=("exception", "nan")),
-                        "... an exception in the gradient kernel, or a NaN gradient (once "
-                        "per process: a transient fault)")
+    fail_kind: str = _f("exception", Check("choice", choices=("exception", "nan", "kill")),
+                        "... an exception in the gradient kernel, a NaN gradient (once "
+                        "per process: a transient fault), or SIGKILL to itself after "
+                        "computing the step's gradient, before pushing it")
     slow_rank: int = _f(-1, Check("int", lo=-1), "test hook: this rank sleeps ...")
     slow_ms: float = _f(0.0, NONNEG, "... this many milliseconds before every step")
     slow_factor: float = _f(1.0, Check("float", lo=1.0),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from mpi4py import MPI
 
 from mpisgd import kernels
 from mpisgd.context import Context
@@ -24,6 +23,7 @@ from mpisgd.data.chunks import (
 )
 from mpisgd.data.partition import holdout_mask
 from mpisgd.data.source import ChunkReader
+from mpisgd.modes.claims import BalancedCounter
 from mpisgd.modes.common import StepPlan, epoch_length, total_steps
 from mpisgd.modes.dataserve import ServerChunkSource, owners
 
@@ -54,6 +54,22 @@ class RowBatches:
 
     def report(self) -> dict:
         return {}
+
+    def id_epochs(self, step: int) -> np.ndarray:
+        """The epoch of each row id the last ``gradient`` returned."""
+        return np.full(self.plan.rows_for(step).size, step // self.steps_per_epoch,
+                       dtype=np.int64)
+
+    def requeue_dead(self, worker: int, applied: int, horizon: int) -> tuple[int, int]:
+        """A dead worker's partition is its own: nothing to hand over."""
+        return 0, 0
+
+    def rows_per_epoch(self) -> int:
+        """This rank's training rows (lost for the rest of the run if it dies)."""
+        return int(self.plan.train_rows.size)
+
+    def rows_missed(self, worker: int, first: int) -> int:
+        return 0   # counted from rows_per_epoch (modes.ps.deaths)
 
     def finish_reads(self) -> None:
         """Nothing in flight."""
@@ -113,8 +129,13 @@ class ChunkBatches:
         # The reader's live counters (kept after it is closed).
         self._stats = self.reader.stats if self.reader is not None else {}
         self._skipped = self.reader.skipped if self.reader is not None else []
-        self.counter = BalancedCounter(ctx.topo.world, self.total) \
+        # Going on through a worker's death, balanced assignment records who took each
+        # chunk, so the dead worker's unapplied chunks can be handed to the others.
+        self.counter = BalancedCounter(
+            ctx.topo.world, self.total, self.per_step, len(ctx.roles.workers),
+            tracked=cfg.ps.on_worker_failure == "continue" and cfg.mode == "ps") \
             if self.policy == "balanced" else None
+        self.epochs: list[np.ndarray] = []   # the epoch of each row of the last step
         self.slow = _slowdown(ctx)
         self.node = worker_nodes[worker] if worker >= 0 else -1
         self.local = self.remote = 0
@@ -141,17 +162,19 @@ class ChunkBatches:
                       self.worker, self.seed, step)
 
     def _claims(self, step: int):
-        """The chunks this worker computes in ``step``, prefetching one ahead."""
+        """(chunk, its epoch) for the chunks this worker computes in ``step``, prefetching
+        one ahead. A leftover of a dead worker (balanced, tracked) is of its own epoch."""
         t = self.table
+        epoch = step // self.steps_per_epoch
         if self.counter is not None:
             chunks = self.step_set(step)
-            nxt = self.counter.claim(step)
-            while nxt < chunks.size:
-                cur = chunks[nxt]
-                nxt = self.counter.claim(step)   # claim the next before computing this one
-                if nxt < chunks.size:
-                    self.reader.request(int(chunks[nxt]), t.lo[chunks[nxt]], t.hi[chunks[nxt]])
-                yield int(cur)
+            nxt = self._take(step, chunks)
+            while nxt is not None:
+                cur = nxt
+                nxt = self._take(step, chunks)   # claim the next before computing this one
+                if nxt is not None:
+                    self.reader.request(nxt[0], t.lo[nxt[0]], t.hi[nxt[0]])
+                yield cur
             return
         mine = self.mine(step)
         self.reader.forget(set(int(c) for c in mine))
@@ -161,7 +184,44 @@ class ChunkBatches:
         for cur, nxt in zip(mine, following + [None]):
             if nxt is not None:
                 self.reader.request(int(nxt), t.lo[nxt], t.hi[nxt])
-            yield int(cur)
+            yield int(cur), epoch
+
+    def _take(self, step: int, chunks: np.ndarray) -> tuple[int, int] | None:
+        """Balanced: the next chunk for this worker (a leftover first), or None."""
+        code = self.counter.claim_leftover(step, self.worker)
+        if code is not None:
+            return code % self.table.n, code // self.table.n
+        j = self.counter.claim(step, self.worker)
+        return (int(chunks[j]), step // self.steps_per_epoch) if j < chunks.size else None
+
+    def rows_per_epoch(self) -> int:
+        return 0   # rows are not this rank's own: see rows_missed
+
+    def rows_missed(self, worker: int, first: int) -> int:
+        """Training rows a dead worker would have computed from step ``first`` on:
+        none under balanced assignment (the others take its chunks); its chunks of
+        every later step under static, random or locality assignment."""
+        if self.policy == "balanced":
+            return 0
+        rows = 0
+        for step in range(first, self.total):
+            chunks = assign(self.policy, self.step_set(step), self.table, self.worker_nodes,
+                            worker, self.seed, step)
+            rows += sum(self._train_rows(int(c)).size for c in chunks)
+        return rows
+
+    def id_epochs(self, step: int) -> np.ndarray:
+        """The epoch of each row id the last ``gradient`` returned (a dead worker's
+        leftover chunk counts in its own epoch)."""
+        return np.concatenate(self.epochs) if self.epochs else np.empty(0, dtype=np.int64)
+
+    def requeue_dead(self, worker: int, applied: int, horizon: int) -> tuple[int, int]:
+        """Server rank 0, balanced and tracked: hand a dead worker's unapplied chunks to
+        the others; (chunks queued, chunks lost). Other placements lose nothing here."""
+        if self.counter is None or not self.counter.tracked or self.ctx.topo.rank != 0:
+            return 0, 0
+        return self.counter.requeue_dead(worker, applied, horizon, self.step_set,
+                                         self.steps_per_epoch, self.table.n)
 
     # -- the gradient ------------------------------------------------------------------
     def gradient(self, step: int, theta: np.ndarray, grad: np.ndarray):
@@ -169,7 +229,8 @@ class ChunkBatches:
         grad[:] = 0
         loss, count, ids = 0.0, 0, []
         waited = self.reader.stats["wait_s"]
-        for c in self._claims(step):
+        self.epochs = []
+        for c, epoch in self._claims(step):
             t0 = time.perf_counter()
             data = self.reader.get(c, t.lo[c], t.hi[c])
             if self.chunk_node[c] >= 0 and self.chunk_node[c] == self.node:
@@ -185,6 +246,7 @@ class ChunkBatches:
                 grad += self._scratch
                 count += rows.size
                 ids.append(rows + t.lo[c])
+                self.epochs.append(np.full(rows.size, epoch, dtype=np.int64))
             if self.slow:   # test hook: this rank reads and computes slow_factor x slower
                 time.sleep(self.slow * (time.perf_counter() - t0))
         self.wait_s += self.reader.stats["wait_s"] - waited
@@ -222,28 +284,3 @@ class ChunkBatches:
 
 # What the training loops take: either placement, the same calls.
 Batches = RowBatches | ChunkBatches
-
-
-class BalancedCounter:
-    """Collective over ``comm``: one counter per global step on rank 0, taken with an atomic
-    MPI fetch-and-add, so workers hand the chunks of a step out first come, first served."""
-
-    def __init__(self, comm: MPI.Intracomm, steps: int):
-        n = max(steps, 1) if comm.Get_rank() == 0 else 0
-        self.win = MPI.Win.Allocate(n * 8, 8, comm=comm)
-        if comm.Get_rank() == 0:
-            np.frombuffer(self.win.tomemory(), dtype=np.int64)[:] = 0
-        comm.Barrier()
-        self.win.Lock_all()
-        self._one = np.ones(1, dtype=np.int64)
-        self._got = np.zeros(1, dtype=np.int64)
-
-    def claim(self, step: int) -> int:
-        """The next unclaimed chunk index of ``step`` (may be past its last chunk)."""
-        self.win.Fetch_and_op(self._one, self._got, 0, step, MPI.SUM)
-        self.win.Flush(0)
-        return int(self._got[0])
-
-    def free(self) -> None:
-        self.win.Unlock_all()
-        self.win.Free()

@@ -105,6 +105,7 @@ class Hooks:
         self.slow_s = debug.slow_ms / 1000.0 if debug.slow_rank == rank else 0.0
         self.fail_step = debug.fail_step if debug.fail_rank == rank else -1
         self.nan = debug.fail_kind == "nan"
+        self.kill = debug.fail_kind == "kill"
         self.nan_fired = nan_fired
         self.signal_step = debug.signal_step if debug.signal_rank == rank else -1
         self.rank = rank
@@ -121,7 +122,7 @@ class Hooks:
         self.signal_at(step)
         if self.slow_s:
             time.sleep(self.slow_s)
-        if step == self.fail_step and not self.nan:
+        if step == self.fail_step and not self.nan and not self.kill:
             raise RuntimeError(f"injected failure in the gradient kernel at step {step} "
                                f"(debug.fail_rank = {self.rank})")
 
@@ -129,6 +130,8 @@ class Hooks:
         """``fail_kind = "nan"``: this rank's gradient of ``fail_step`` is NaN, once per
         run (a transient fault: a rollback's fresh Hooks share ``nan_fired`` and replay
         the step cleanly)."""
+        if step == self.fail_step and self.kill:   # a death with the step computed
+            os.kill(os.getpid(), signal.SIGKILL)
         if step == self.fail_step and self.nan and step not in self.nan_fired:
             self.nan_fired.add(step)
             grad[0] = np.nan

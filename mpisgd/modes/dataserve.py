@@ -74,7 +74,7 @@ class DataServer:
         world = ctx.topo.world
         self.asks = [np.zeros(1, dtype=np.int64) for _ in self.workers]
         self.recvs = [world.Irecv(a, w, TAG_DATA_REQ) for a, w in zip(self.asks, self.workers)]
-        self.sends: list[MPI.Request] = []
+        self.sends: list[tuple[int, MPI.Request]] = []   # (worker, its answer in flight)
         self.bye = [False] * len(self.workers)
         self.sent_bytes = 0
 
@@ -88,11 +88,21 @@ class DataServer:
             return
         block = self.blocks[chunk - self.first]
         # Chunks are never modified: send straight from the block, no copy.
-        self.sends.append(world.Isend([block, MPI.BYTE], self.workers[i], TAG_DATA))
+        self.sends.append((i, world.Isend([block, MPI.BYTE], self.workers[i], TAG_DATA)))
         self.sent_bytes += block.nbytes
         self.recvs[i] = world.Irecv(self.asks[i], self.workers[i], TAG_DATA_REQ)
         if len(self.sends) > 64:   # keep the list short: drop completed sends
-            self.sends = [r for r in self.sends if not r.Test()]
+            self.sends = [(w, r) for w, r in self.sends if not r.Test()]
+
+    def drop(self, i: int) -> None:
+        """Worker i died: it asks for nothing more and will never receive what is in
+        flight to it (those sends are abandoned, not waited for)."""
+        if self.recvs[i] != MPI.REQUEST_NULL:
+            self.recvs[i].Cancel()
+            self.recvs[i].Wait()
+            self.recvs[i] = MPI.REQUEST_NULL
+        self.bye[i] = True
+        self.sends = [(w, r) for w, r in self.sends if w != i]
 
     def done(self) -> bool:
         return all(self.bye)
@@ -102,7 +112,7 @@ class DataServer:
         while not self.done():
             for i in poller.wait_some(self.recvs):
                 self.serve(i)
-        MPI.Request.Waitall(self.sends)
+        MPI.Request.Waitall([r for _, r in self.sends])
         self.sends = []
 
 

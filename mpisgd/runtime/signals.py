@@ -4,6 +4,12 @@ the training loop sees it at the next step, all ranks agree, a checkpoint is wri
 summary.json says why, and the job exits with code 75 (a batch script requeues it) or
 130 after Ctrl-C (the shell's code for it: the user asked to stop, not to requeue).
 
+MPICH's hydra, told to keep a job alive through a process's death
+(``-disable-auto-cleanup``), sends SIGUSR1 to every other process when one dies: its
+failure notification, not a stop request. A job going on through deaths registers
+:func:`explain_usr1_with` a check that says whether a death was just reported (its
+supervisor's notice); such a SIGUSR1 is then ignored.
+
 A second Ctrl-C ends the process at once (KeyboardInterrupt: the job is aborted with
 code 130). MPICH's mpiexec does the same on its own: it kills the job on a second Ctrl-C.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from typing import Callable
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 INTERRUPT_EXIT = 130   # 128 + SIGINT, what a shell reports for a job ended by Ctrl-C
@@ -23,9 +30,18 @@ INTERRUPT_EXIT = 130   # 128 + SIGINT, what a shell reports for a job ended by C
 SAME_PRESS_S = 0.5
 
 _received: list[tuple[int, float]] = []   # (signal, time.monotonic()) in arrival order
+# Whether a SIGUSR1 is the launcher's notice of a death (see the module's text).
+_death_notice: list[Callable[[], bool]] = []
+
+
+def explain_usr1_with(check: Callable[[], bool] | None) -> None:
+    """``check()``: true when a rank's death was reported just now (None: no check)."""
+    _death_notice[:] = [check] if check is not None else []
 
 
 def _handler(signum, _frame) -> None:
+    if signum == signal.SIGUSR1 and _death_notice and _death_notice[0]():
+        return
     _received.append((signum, time.monotonic()))
 
 

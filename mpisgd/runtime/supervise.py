@@ -25,6 +25,11 @@ ends a job with: only MPI_Finalize or MPI_Abort is left, and the job's exit code
 after an agreed error, 75 after a checkpoint on SIGTERM) must not become a false report
 of a death by signal.
 
+A job that goes on through a worker's death (``ps.on_worker_failure = "continue"``)
+tells the parent a folder (:func:`report_deaths_to`); a parent that reports its child's
+death also writes a notice there, ``rank-R.json``, which the job's other ranks poll
+(``comm.failures``): seconds after the death, not a stall timeout later.
+
 ``MPISGD_SUPERVISE=0`` turns it off (one process per rank, as before). Linux only.
 """
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -49,6 +55,8 @@ _CRASHES = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.
 # What the child writes to the parent once its outcome is decided (then, when it is
 # aborting, the exit code it aborts with: one byte).
 _DONE = b"x"
+# Before that, optionally: _NOTICES + a folder + _END, where to write a death notice.
+_NOTICES, _END = b"N", b"\0"
 # Signals the parent was sent (and forwarded to the child), in arrival order.
 _received: list[int] = []
 # A child killed by a teardown signal before its parent got the same signal waits this
@@ -97,7 +105,12 @@ def supervise() -> None:
 
 
 def _end_like(rank: str, child: int, status: int, said: bytes) -> None:
-    """In the parent: end as the child ended, with one line if its end is news."""
+    """In the parent: end as the child ended, with one line (and a notice, when the
+    child asked for them) if its end is news."""
+    notices = None
+    while said[:1] == _NOTICES and _END in said:   # the last folder named counts
+        folder, said = said[1:].split(_END, 1)
+        notices = folder.decode(errors="replace")
     decided = said[:1] == _DONE
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -106,26 +119,60 @@ def _end_like(rank: str, child: int, status: int, said: bytes) -> None:
         if sig in _FORWARD and sig not in _received and not decided:
             time.sleep(_SIBLING_SIGNAL_S)   # the launcher may be signalling this process next
         if not decided and sig not in _received:
+            _notice(notices, rank, child, describe(sig, child), signal=sig)
             _report(rank, describe(sig, child))
+            if notices is not None:   # the job goes on: see _die_of
+                os._exit(128 + sig)
         _die_of(sig)
     code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
     if code and not decided:
-        _report(rank, f"the process (pid {child}) exited with code {code} without reporting "
-                      f"an error (it ended around Python: os._exit, or a crash in native "
-                      f"code)")
+        text = (f"the process (pid {child}) exited with code {code} without reporting an "
+                f"error (it ended around Python: os._exit, or a crash in native code)")
+        _notice(notices, rank, child, text, code=code)
+        _report(rank, text)
+        if notices is not None:   # the job goes on: see _die_of
+            os._exit(code)
         os.kill(os.getpid(), signal.SIGKILL)   # as below: the launcher ends the job at once
     os._exit(code)
 
 
 def _die_of(sig: int) -> None:
     """Die of ``sig``: a launcher treats a rank killed by a signal as a failed job at once
-    (hydra did not always for a plain exit code 137)."""
+    (hydra did not always for a plain exit code 137). For the same reason a job that goes
+    on through a death (its rank asked for notices) exits with 128 + sig instead: hydra
+    kills every process of a job one of whose processes died of a signal, even under
+    ``-disable-auto-cleanup`` (measured: the survivors get SIGUSR1, its failure notice,
+    then SIGKILL), but lets the others run on after a nonzero exit."""
     try:
         signal.signal(sig, signal.SIG_DFL)   # SIGKILL and SIGSTOP cannot be caught
     except (OSError, ValueError):
         pass
     os.kill(os.getpid(), sig)
     os._exit(128 + sig)   # a signal that does not kill by default
+
+
+def report_deaths_to(folder: str) -> None:
+    """In a supervised rank: should it die unreported, its parent writes a notice into
+    ``folder`` (created by the caller) before it reports the death. Call once, before
+    the outcome is decided; does nothing in a process that is not supervised."""
+    fd = _to_parent[0]
+    if fd is not None:
+        os.write(fd, _NOTICES + os.fsencode(folder) + _END)
+
+
+def _notice(folder: str | None, rank: str, pid: int, text: str, **how) -> None:
+    """In the parent: ``folder/rank-R.json``, written whole (a reader never sees half)."""
+    if folder is None:
+        return
+    record = {"rank": int(rank), "host": socket.gethostname(), "pid": pid, "time": time.time(),
+              "cause": text, **how}
+    path = os.path.join(folder, f"rank-{rank}.json")
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+    except OSError:   # the folder is gone: the others find out by their timeout
+        pass
 
 
 def outcome_decided(abort_code: int | None = None) -> None:
@@ -162,7 +209,7 @@ def _read_all(fd: int) -> bytes:
     still holds the pipe open."""
     os.set_blocking(fd, False)
     try:
-        return os.read(fd, 16)
+        return os.read(fd, 65536)
     except OSError:   # nothing written
         return b""
     finally:

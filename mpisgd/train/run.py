@@ -21,6 +21,7 @@ from mpisgd.report.timeline import Timeline
 from mpisgd.runtime.log import detail, say, warn
 from mpisgd.store import checkpoint, modelfile, runfolder
 from mpisgd.train.checks import check_batch, check_majority
+from mpisgd.train.lost import finish_lost
 from mpisgd.train.prepare import prepare
 from mpisgd.train.stopped import record_stop
 from mpisgd.train.summary import data_io_summary, final_metrics, print_final
@@ -48,6 +49,8 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
     except Interrupted as exc:   # a signal: summary.json says so, every rank exits alike
         record_stop(ctx, exc, time.perf_counter() - t_start)
         raise
+    if stats.get("workers_lost"):   # went on through deaths: no collective any more
+        finish_lost(ctx, theta, stats, t_start)
 
     t_eval = time.perf_counter()
     eval_before = ctx.timers["eval"]

@@ -24,8 +24,9 @@ def check_sparse_job(cfg: JobConfig, info: DatasetInfo) -> None:
     """What a sparse dataset cannot be trained with (yet); identical on every rank."""
     where = f"dataset '{info.path}' is sparse (CSR)"
     rules = [
-        (cfg.mode == "ps" and cfg.ps.backup_workers > 0,
-         "ps.backup_workers (a dropped worker skips to a step whose keys it has not pulled)"),
+        (cfg.mode == "ps" and cfg.ps.on_worker_failure == "continue",
+         "ps.on_worker_failure = 'continue' (not yet: restart with `mpisgd launch "
+         "--max-restarts` instead)"),
         (cfg.mode == "ps" and cfg.ps.node_aggregate, "ps.node_aggregate (a node's workers "
                                                      "sum dense vectors in shared memory)"),
         (cfg.model.name == "mlp", "model.name = 'mlp' (sparse models: linear, logistic, "

@@ -34,14 +34,24 @@ BASE = sets("data.synth.rows=3000", "data.synth.features=8", "data.synth.shards=
             "train.epochs=4", "train.batch_size=100", "optimizer.schedule='constant'",
             "checkpoint.every_steps=7")
 
+SPARSE_DATA = sets("data.synth.kind='sparse'", "model.name='logistic'",
+                   "data.synth.features=2048", "data.synth.nnz=8", "optimizer.lr=0.5")
 MODES = {
     "ar-flat": sets("comm.allreduce='flat'"),
     "ar-hier": sets("comm.allreduce='hierarchical'", "topology.ranks_per_node=2"),
     "ps-bsp": sets("mode='ps'", "ps.servers=2"),
     "ps-asp": sets("mode='ps'", "ps.servers=2", "ps.consistency='asp'"),
     "ps-ssp": sets("mode='ps'", "ps.servers=2", "ps.consistency='ssp'"),
+    # Sparse jobs (CSR rows, (key, value) exchanges, lazy optimizers): logistic regression
+    # on generated click-style rows, 2048 hashed features, 8 non-zeros per row.
+    "ar-sparse": SPARSE_DATA,
+    "ps-sparse": SPARSE_DATA + sets("mode='ps'", "ps.servers=2"),
 }
-ALL = tuple(MODES)
+ALL = ("ar-flat", "ar-hier", "ps-bsp", "ps-asp", "ps-ssp")
+# Sparse jobs run the scenarios whose code paths they change: the step (kernel, NaN), the
+# exchange (a rank killed or signalled mid-step, a missing worker), the sharded
+# checkpoint of a sparse optimizer's state; input checks are the dense ones.
+SPARSE = ("ar-sparse", "ps-sparse")
 AR = ("ar-flat", "ar-hier")
 PS = ("ps-bsp", "ps-asp", "ps-ssp")
 # Which modes a scenario runs in: every mode where the mode can change what happens.
@@ -199,12 +209,12 @@ SCENARIOS = [
     Scenario("kernel-exception-step-1", ("ar-flat", "ps-asp"),
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=1"),
              code=1, says=("injected failure in the gradient kernel at step 1",), rank=WORKER),
-    Scenario("kernel-exception-step-50", ALL,
+    Scenario("kernel-exception-step-50", ALL + SPARSE,
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=50"),
              code=1, says=("injected failure in the gradient kernel at step 50",), rank=WORKER),
-    Scenario("sigkill-worker", ALL, SLOW, action=f"kill:{WORKER}", code=None,
+    Scenario("sigkill-worker", ALL + ("ps-sparse",), SLOW, action=f"kill:{WORKER}", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
-    Scenario("sigkill-server", PS, SLOW, action=f"kill:{SERVER}", code=None,
+    Scenario("sigkill-server", PS + ("ps-sparse",), SLOW, action=f"kill:{SERVER}", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
     Scenario("sigkill-rank-0", ALL, SLOW, action="kill:0", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
@@ -214,7 +224,7 @@ SCENARIOS = [
     # later and exits 1 without forwarding their last lines (measured with 5.0.11; the
     # README's exit-code table): the checkpoint written by then, or the one before,
     # resumes. (SIGUSR1 to mpirun, what slurm/train.sbatch sends, exits 75.)
-    Scenario("sigterm-whole-job", ALL, SLOW, action="term", code=75,
+    Scenario("sigterm-whole-job", ALL + ("ps-sparse",), SLOW, action="term", code=75,
              says=("mpisgd: stopped: stopped by a signal", "--resume auto"), resume=True,
              open_mpi={"code": 1, "says": ()}),
     # That race made certain: one server alone gets the signal, the other learns of it
@@ -225,7 +235,7 @@ SCENARIOS = [
     Scenario("rank-slower-than-step-timeout", PATHS,
              sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=600000", "train.step_timeout=2"),
              code=3, says=("longer than train.step_timeout = 2 s",), rank=WORKER),
-    Scenario("worker-missing-at-ps-stall-abort", PS,
+    Scenario("worker-missing-at-ps-stall-abort", PS + ("ps-sparse",),
              sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=600000", "train.step_timeout=0",
                   "ps.stall_timeout=1", "ps.stall_abort=3"),
              code=3, says=(f"for worker rank(s) [{WORKER}]", "giving up after ps.stall_abort")),
@@ -292,12 +302,14 @@ SCENARIOS = [
              no_dac=True, says=("not writable",)),
     Scenario("output-path-is-a-file", ONCE, ["--out", "{tmp}/afile/run"], files=bad_files,
              says=("not writable",)),
-    Scenario("disk-full-during-checkpoint", PATHS, env={"MPISGD_TEST_CKPT_FAULT": "enospc:2"},
+    Scenario("disk-full-during-checkpoint", PATHS + SPARSE,
+             env={"MPISGD_TEST_CKPT_FAULT": "enospc:2"},
              says=("No space left on device",), resume=True),
     Scenario("crash-before-checkpoint-rename", PATHS,
              env={"MPISGD_TEST_CKPT_FAULT": "before_rename:2"}, code=None,
              says=("exited with code 9 without reporting an error",), rank=0, resume=True),
-    Scenario("torn-newest-checkpoint", PATHS, env={"MPISGD_TEST_CKPT_FAULT": "after_commit:2"},
+    Scenario("torn-newest-checkpoint", PATHS + ("ps-sparse",),
+             env={"MPISGD_TEST_CKPT_FAULT": "after_commit:2"},
              code=None, says=("exited with code 9 without reporting an error",), rank=0,
              resume=True),
     # Loading verifies every checkpoint alike; one replicated writer (allreduce) and one
@@ -323,9 +335,9 @@ SCENARIOS = [
     Scenario("divergence-rollback-exhausted", AR,
              sets("optimizer.lr=1e6", "train.on_divergence='rollback'", "train.max_rollbacks=2"),
              code=4, says=("Still diverging after 2 rollback(s)",)),
-    Scenario("transient-nan-then-resume", PATHS,
+    Scenario("transient-nan-then-resume", PATHS + ("ps-sparse",),
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=50", "debug.fail_kind='nan'"),
-             code=4, says=("NaN/Inf",), rank={m: 0 for m in PS}, resume=True),
+             code=4, says=("NaN/Inf",), rank={m: 0 for m in PS + ("ps-sparse",)}, resume=True),
     Scenario("transient-nan-rolled-back", AR,
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=50", "debug.fail_kind='nan'",
                   "train.on_divergence='rollback'", "train.rollback_lr_factor=1.0"),

@@ -153,7 +153,7 @@ def test_sparse_synth_job_learns_and_reports_its_traffic(launch, tmp_path, mode)
     ("data.standardize=true", "data.standardize = true"),
     ("comm.compression='fp16'", "comm.compression = 'fp16'"),
     ("train.sync_every=4", "train.sync_every > 1"),
-    ("mode='ps';ps.backup_workers=1", "ps.backup_workers"),
+    ("mode='ps';ps.on_worker_failure='continue'", "ps.on_worker_failure"),
 ])
 def test_what_sparse_data_cannot_train_with_is_one_agreed_error(launch, tmp_path, extra,
                                                                 needle):
@@ -201,6 +201,23 @@ def test_ps_asynchronous_sparse_jobs_learn(launch, tmp_path, consistency):
     assert s["test"]["accuracy"] > 0.75 and s["test"]["log_loss"] < 0.6, s["test"]
     assert s["ps"]["updates_per_server"] == [s["steps"] * 2] * 2 or consistency == "ssp" \
         or s["ps"]["updates_per_server"][0] > 0
+
+
+def test_ps_sparse_backup_workers_drop_the_straggler_which_pulls_its_next_keys(launch,
+                                                                             tmp_path):
+    """bsp with a backup worker: the slow worker's late pushes are dropped, it skips to
+    the servers' step and first pulls that step's keys (a pull-only exchange), so it
+    never computes on parameters it did not refresh; the job still learns."""
+    sparse_dir, _ = _csr_data(tmp_path / "data", "binary")
+    out = tmp_path / "run"
+    launch(5, _job(sparse_dir, "binary", "optimizer.name='adagrad'", "optimizer.lr=0.5",
+                   "mode='ps'", "ps.servers=2", "ps.backup_workers=1", "train.epochs=4",
+                   "debug.slow_rank=4", "debug.slow_ms=20") + ["--out", str(out)],
+           timeout=120, check=True)
+    s = _summary(out)
+    assert s["ps"]["gradients_dropped"] > 0
+    assert s["ps"]["refreshes"]["4"] > 0 and s["ps"]["refreshes"]["2"] == 0
+    assert s["test"]["accuracy"] > 0.75, s["test"]
 
 
 def test_ps_sparse_resume_at_another_server_count(launch, tmp_path):

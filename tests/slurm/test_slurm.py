@@ -214,3 +214,48 @@ def test_failing_rank_ends_the_job_promptly(sbatch, tmp_path, launcher):
     assert job.seconds < 60, f"took {job.seconds:.0f} s (--time=5 minutes)"
     assert "injected failure" in job.log and "rank 2" in job.log
     assert "requeueing" not in job.log
+
+
+# ---- relaunching inside the allocation (MPISGD_RELAUNCHES; as `mpisgd launch`) -----------
+
+@pytest.mark.parametrize("rc, attempts", [(1, 3), (137, 3), (2, 1), (4, 1), (75, 1), (127, 1),
+                                          (0, 1)])
+def test_relaunches_follow_the_exit_code_rules(sbatch, tmp_path, fake_python, rc, attempts):
+    job = sbatch("train.sbatch", ["-n", "1", *TIME], [], tmp_path,
+                 env={"MPISGD_PYTHON": fake_python, "FAKE_RC": str(rc), "MPISGD_RELAUNCHES": "2",
+                      "MPISGD_REQUEUE": "0"}, timeout=60)
+    _check(job, rc)
+    assert job.log.count("ARGS -m mpisgd --out") == attempts, job.log
+    assert job.log.count("relaunching with --resume auto") == attempts - 1
+    if attempts == 3:
+        assert f"attempt 3 of 3: relaunching with --resume auto after exit {rc}" in job.log
+        assert "giving up after 3 attempts (MPISGD_RELAUNCHES=2)" in job.log
+
+
+def test_a_failed_run_is_relaunched_from_its_checkpoint(sbatch, tmp_path):
+    # Rank 3 raises at step 10 in every attempt; the relaunch resumes from step 7's
+    # checkpoint (and fails again there: fewer ranks is `mpisgd launch`'s, not the script's).
+    failing = SMALL + ["--set", "train.epochs=4", "--set", "checkpoint.every_steps=7",
+                       "--set", "debug.fail_rank=3", "--set", "debug.fail_step=10"]
+    job = sbatch("train.sbatch", ["-n", "4", *TIME], failing, tmp_path,
+                 env={"MPISGD_RELAUNCHES": "1"}, timeout=150)
+    # srun reports the step's end by its killed tasks (137), not the rank's exit code 1.
+    assert job.returncode not in (0, 2, 4, 75, 130), job.log
+    assert "attempt 2 of 2: relaunching with --resume auto after exit " in job.log, job.log
+    assert job.log.count("resuming at step 7 ") == 1, job.log
+    assert job.log.count("injected failure in the gradient kernel at step 10") == 2
+    assert "giving up after 2 attempts" in job.log
+
+
+def test_a_job_that_goes_on_through_a_death_gets_srun_no_kill(sbatch, tmp_path):
+    job = sbatch("train.sbatch", ["-n", "3", *TIME],
+                 SMALL + ["--set", "train.epochs=1", "--set", "mode='ps'",
+                          "--set", "ps.servers=1", "--set", "ps.on_worker_failure='continue'"],
+                 tmp_path, timeout=120)
+    _check(job)
+    [line] = [x for x in job.log.splitlines() if "launch: srun" in x]
+    assert " --no-kill " in line, line
+    plain = sbatch("train.sbatch", ["-n", "2", *TIME], SMALL + ["--set", "train.epochs=1"],
+                   tmp_path / "plain", timeout=120)
+    _check(plain)
+    assert "--no-kill" not in plain.log

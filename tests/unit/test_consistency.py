@@ -274,3 +274,41 @@ def test_make_consistency_picks_the_policy_of_the_config():
     assert type(ssp) is Ssp and ssp.staleness == 2
     with pytest.raises(ValueError):
         make_consistency("bulk", 2, 5, 0)
+
+
+def test_bsp_a_dead_worker_no_longer_counts_and_its_held_push_is_forgotten():
+    p = Bsp(n_workers=3, total=5, start=0)
+    p.on_push(0, 0)
+    p.on_push(2, 0)
+    assert p.ready() is None
+    p.drop(2)   # died after pushing: its push is not applied
+    assert p.ready() is None and p.held[2] is False and p.stopped[2] is True
+    p.on_push(1, 0)
+    assert p.ready() == [0, 1]
+    p.step_complete()
+    assert answer_all(p, [0, 1]) == [False, False]
+    assert p.missing() == [0, 1] and p.live() == [0, 1]
+    p.drop(0)
+    p.drop(1)
+    assert p.ready() is None and p.finished()
+
+
+def test_ssp_a_dead_worker_no_longer_holds_the_others_back_nor_the_checkpoints():
+    p = Ssp(n_workers=2, total=10, start=0, staleness=0)
+    assert push(p, 0, 0) is Action.HOLD
+    assert p.released() == []
+    assert p.slowest() == 0
+    p.drop(1)
+    assert p.released() == [0]
+    assert p.slowest() == 1   # the live worker's clock alone
+    assert p.missing() == [0]   # computing its next step; the dead one is not awaited
+
+
+def test_asp_slowest_skips_the_dead():
+    p = Asp(n_workers=3, total=10, start=2)
+    for w in (0, 1):
+        push(p, w, 2)
+        p.answer(w)
+    assert p.slowest() == 2
+    p.drop(2)
+    assert p.slowest() == 3 and not p.finished()

@@ -18,6 +18,11 @@ tells the worker to stop.
 
 A worker that another server told to stop sends a "leave" push (no gradient): it is
 answered once, with stop, and is not processed as a gradient (``leave``).
+
+A worker that died (``ps.on_worker_failure = "continue"``) is dropped (``drop``): it is
+stopped, its held push is forgotten, and it no longer counts anywhere: bsp applies a
+step from the pushes of the others (as if it were one more backup worker), ssp's
+slowest worker is the slowest live one, and checkpoints go by the live workers' clocks.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Consistency:
         self.steps = [start] * n_workers  # the step of the worker's latest push
         # ssp: (step a worker was allowed to start) - (steps the slowest had completed)
         self.lead: Counter = Counter()
+        self.dead: set[int] = set()
 
     def on_push(self, worker: int, step: int) -> None:
         """A push (or a leave) of ``step`` from ``worker`` arrived."""
@@ -74,6 +80,15 @@ class Consistency:
         if stop:
             self.stopped[worker] = True
         return stop
+
+    def drop(self, worker: int) -> None:
+        """The worker died: stop expecting it; its held push (if any) is not applied."""
+        self.dead.add(worker)
+        self.stopped[worker] = True
+        self.held[worker] = False
+
+    def live(self) -> list[int]:
+        return [i for i in range(self.n_workers) if i not in self.dead]
 
     def finished(self) -> bool:
         """Every worker has been told to stop: the server's loop ends."""
@@ -108,11 +123,12 @@ class Bsp(Consistency):
         of the sum), or None while too few have pushed it or training is over.
 
         Workers that stopped or left still count in the number needed: bsp does not
-        shrink the step when a worker goes."""
+        shrink the step when a worker goes. Dead workers do not."""
         if self.version >= self.total:
             return None
         ready = [i for i in range(self.n_workers) if self.held[i] and self.steps[i] == self.version]
-        if len(ready) < self.n_workers - self.backup_workers:
+        needed = self.n_workers - len(self.dead) - self.backup_workers
+        if not ready or len(ready) < needed:
             return None
         return ready
 
@@ -156,9 +172,10 @@ class Asp(Consistency):
         return []
 
     def slowest(self) -> int:
-        """The steps the slowest worker has completed (stopped ones included): where
-        the servers checkpoint together."""
-        return min(self.clock)
+        """The steps the slowest worker has completed (stopped ones included, dead ones
+        not): where the servers checkpoint together."""
+        return min((c for i, c in enumerate(self.clock) if i not in self.dead),
+                   default=self.total)
 
     def missing(self) -> list[int]:
         return [i for i in range(self.n_workers)
@@ -179,6 +196,10 @@ class Ssp(Asp):
         self.held[worker] = False   # applied; only the answer is held back
         self.waiting.append(worker)
         return Action.HOLD
+
+    def drop(self, worker: int) -> None:
+        super().drop(worker)
+        self.waiting = [i for i in self.waiting if i != worker]
 
     def _slowest_running(self) -> int:
         running = [c for c, s in zip(self.clock, self.stopped, strict=True) if not s]

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from contextlib import nullcontext
 
 import numpy as np
 from mpi4py import MPI
 
+from mpisgd.comm.failures import FailureWatch, notice_folder
 from mpisgd.comm.nodegroup import NodeGroup
-from mpisgd.comm.p2p import HEADER_SLOTS, assemble
+from mpisgd.comm.p2p import HEADER_SLOTS, TAG_LOST, assemble
 from mpisgd.comm.roles import key_range
 from mpisgd.comm.shm import no_shm_reason, shm_possible, warn_no_shm
 from mpisgd.context import Context
 from mpisgd.errors import ConfigError, Interrupted
 from mpisgd.modes.batches import make_batches
 from mpisgd.modes.common import gradient_codec, make_plan, write_trace
+from mpisgd.modes.ps.deaths import Deaths
+from mpisgd.modes.ps.lost import finish_lost
 from mpisgd.modes.ps.server import Server
 from mpisgd.modes.ps.sparse_server import SparseServer
 from mpisgd.modes.ps.sparse_worker import SparseWorker
@@ -54,12 +58,26 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
         raise ConfigError(f"ps.backup_workers = {ctx.cfg.ps.backup_workers} must be smaller "
                           f"than the number of ranks that push gradients ({len(pushers)}: "
                           f"one per node with ps.node_aggregate).", agreed=True)
-    if roles.is_server(rank):
-        stats, mine, memory, data = _serve(ctx, theta, ranges, server_comm, start_step,
-                                           opt_state, pushers, plan)
-    else:
-        stats, mine, memory = _work(ctx, theta, ranges, start_step, plan, group)
-        data = None
+    going_on = ctx.cfg.ps.on_worker_failure == "continue"
+    watch = _failure_watch(ctx) if going_on else nullcontext()
+    # What each worker trains per epoch: the rows a death loses (partition placement).
+    per_epoch = world.allgather(plan.rows_per_epoch()) if going_on else []
+    with watch:
+        if roles.is_server(rank):
+            stats, mine, memory, data = _serve(ctx, theta, ranges, server_comm, start_step,
+                                               opt_state, pushers, plan, watch, per_epoch)
+        else:
+            stats, mine, memory = _work(ctx, theta, ranges, start_step, plan, group)
+            data = None
+        dead = _agree_dead(ctx, server_comm, stats) if going_on else []
+    if dead:   # no collective over the world from here on (see modes.ps.lost)
+        out = finish_lost(ctx, theta, mine, ranges, stats, server_comm, dead,
+                          {"start_step": start_step, "t_train": t_train, "memory": memory})
+        if rank == 0:
+            out["ps"] = _summarise(out.pop("counters"), roles, ctx.cfg.ps)
+        return out
+    if server_comm != MPI.COMM_NULL:
+        server_comm.Free()
     plan.close()   # collective (the balanced counter's window)
     ctx.data_report = plan.report()
     if data is not None:
@@ -79,8 +97,32 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     return out
 
 
+def _failure_watch(ctx: Context) -> FailureWatch:
+    """Going on through a worker's death: every rank learns of deaths from the notices;
+    a server's death ends the job (its key range is gone)."""
+    return FailureWatch(notice_folder(ctx.run_dir, ctx.run_token), ctx.roles.servers,
+                        "a server's parameters cannot be recovered: resume from the newest "
+                        "checkpoint (`mpisgd launch --max-restarts` does it)")
+
+
+def _agree_dead(ctx: Context, server_comm, stats: dict) -> list[int]:
+    """Every live rank: the workers that died, as the servers saw them (their union).
+    Point to point from rank 0 to each live worker: no collective over the world."""
+    world, roles = ctx.topo.world, ctx.roles
+    if not roles.is_server(ctx.topo.rank):
+        return world.recv(source=0, tag=TAG_LOST)
+    seen = server_comm.allgather(sorted(d["rank"] for d in stats["deaths"]))
+    dead = sorted(set().union(*seen))
+    if ctx.topo.rank == 0:
+        for w in roles.workers:
+            if w not in dead:
+                world.send(dead, dest=w, tag=TAG_LOST)
+    return dead
+
+
 def _serve(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], server_comm,
-           start_step: int, opt_state: dict | None, pushers: tuple[int, ...], plan):
+           start_step: int, opt_state: dict | None, pushers: tuple[int, ...], plan,
+           watch, per_epoch: list[int]):
     """Server ranks only: (statistics, this server's slice, memory report, its data server)."""
     index = ctx.roles.server_index(ctx.topo.rank)
     lo, hi = ranges[index]
@@ -88,11 +130,12 @@ def _serve(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], serve
     args = (ctx, theta[lo:hi].copy(), lo, hi, index, server_comm, start_step,
             slice_state(opt_state, lo, hi), pushers, plan)
     server = SparseServer(*args, ctx.capacity) if ctx.sparse else Server(*args)
+    if isinstance(watch, FailureWatch):
+        server.deaths = Deaths(server, watch, per_epoch)
     ctx.timers["setup"] += time.perf_counter() - t_init
     memory = node_memory(ctx.topo, server.held_bytes())
     stats = server.run()
-    server_comm.Free()
-    if ctx.cfg.debug.trace_rows:
+    if ctx.cfg.debug.trace_rows and not isinstance(watch, FailureWatch):
         write_trace(ctx, [])   # collective: servers take part with no rows
     return stats, server.theta, memory, server.data
 
@@ -178,6 +221,8 @@ def _summarise(counters: list[dict], roles, ps_cfg) -> dict:
         "bytes_sent": [c["bytes_sent"] for c in counters],
         "bytes_received": [c["bytes_received"] for c in counters],
         "worker_steps": {str(r): counters[r]["steps_done"] for r in roles.workers},
+        # sparse, bsp with backup workers: pulls of a skipped-to step's keys
+        "refreshes": {str(r): counters[r].get("refreshes", 0) for r in roles.workers},
     }
 
 

@@ -16,9 +16,11 @@ from mpi4py import MPI
 
 from mpisgd.comm import abort_job
 from mpisgd.comm.p2p import (
+    F_EVICTED,
     F_INTERRUPTED,
     F_LAST,
     F_LEAVE,
+    F_PULL,
     F_SIGNAL,
     F_STOP,
     H_BASE,
@@ -36,52 +38,11 @@ from mpisgd.context import Context
 from mpisgd.modes.common import Hooks, Saver, check_finite, finish_gradient, gradient_codec
 from mpisgd.modes.dataserve import DataServer
 from mpisgd.modes.ps.consistency import Action, make_consistency
+from mpisgd.modes.ps.epochlog import EpochLog
 from mpisgd.optim import clip_factor, learning_rate, make_optimizer, soft_threshold, sq_norm
-from mpisgd.report.advice import LossWatch
 from mpisgd.runtime import signals
 from mpisgd.runtime.launch_env import cores_here, ranks_on_this_node
 from mpisgd.runtime.log import warn
-from mpisgd.runtime.progress import Progress
-from mpisgd.store import runfolder
-
-
-class EpochLog:
-    """Rank 0 turns applied updates into epoch lines in metrics.jsonl (and the progress
-    bar); other ranks keep nothing."""
-
-    def __init__(self, ctx: Context, plan, n_workers: int, bsp: bool):
-        self.ctx, self.plan, self.bsp = ctx, plan, bsp
-        self.enabled = ctx.topo.rank == 0
-        self.progress = Progress(ctx.cfg.output.progress, plan.total, self.enabled)
-        # An epoch is steps_per_epoch updates (bsp) or pushes of every worker (asp/ssp).
-        self.per_epoch = plan.steps_per_epoch * (1 if bsp else n_workers)
-        self.n_workers = n_workers
-        self.loss, self.rows, self.pushes, self.epochs = 0.0, 0, 0, 0
-        self.watch = LossWatch(ctx.advice, ctx.cfg.optimizer.lr)
-        self.t_epoch = time.perf_counter()
-
-    def add(self, loss_sum: float, count: int, counters: dict) -> None:
-        """One applied update (``counters``: the server's, for the epoch line)."""
-        if not self.enabled:
-            return
-        self.loss += loss_sum
-        self.rows += count
-        self.pushes += 1
-        self.watch.step(loss_sum / max(count, 1))
-        steps = self.pushes if self.bsp else self.pushes // self.n_workers
-        self.progress.update(min(steps, self.plan.total), loss_sum / max(count, 1))
-        if self.pushes % self.per_epoch == 0:
-            self.epochs += 1
-            record = {"epoch": self.epochs, "step": steps,
-                      "train_loss": self.loss / max(self.rows, 1),
-                      "epoch_time_s": time.perf_counter() - self.t_epoch,
-                      "updates": counters["updates"], "dropped": counters["dropped"]}
-            t0 = time.perf_counter()
-            runfolder.append_metrics(self.ctx.run_dir, record)
-            self.progress.epoch_line(record, self.ctx.cfg.train.epochs)
-            self.watch.epoch(self.epochs, record["train_loss"])
-            self.ctx.timers["log"] += time.perf_counter() - t0
-            self.loss, self.rows, self.t_epoch = 0.0, 0, time.perf_counter()
 
 
 class Server:
@@ -110,7 +71,7 @@ class Server:
         self.next_save = (start // every + 1) * every if every else None
         self.counters = {"updates": 0, "dropped": 0, "dropped_from": Counter(),
                          "staleness": Counter(), "bytes_sent": 0, "bytes_received": 0}
-        self.log = EpochLog(ctx, plan, len(workers), self.bsp)
+        self.log = EpochLog(ctx, plan, start)
         self.samples = 0
         self.warned = False
         # A server spins while its node has a core per rank (the launcher's count, else
@@ -121,6 +82,7 @@ class Server:
         # Server placement: this server's part of the dataset, served to the workers.
         self.data = (DataServer(ctx, index, len(ctx.roles.servers), plan.table)
                      if cfg.data.placement == "server" else None)
+        self.deaths = None   # ps.on_worker_failure = "continue": a modes.ps.deaths.Deaths
 
     def _make_state(self, opt_state: dict | None) -> None:
         """The optimizer of this key range, from a checkpoint's state when resuming."""
@@ -157,6 +119,12 @@ class Server:
             t0 = time.perf_counter()
             done = self._wait()
             t1 = time.perf_counter()
+            if self.deaths is not None:
+                done = self._heard(done)
+            pulls = [i for i in done if self.inbox[i].ints[H_FLAGS] & F_PULL]
+            for i in pulls:   # no gradient, not a step: the parameters asked for, now
+                self._answer(i)
+            done = [i for i in done if i not in pulls]
             for i in done:
                 policy.on_push(i, int(self.inbox[i].ints[H_STEP]))
                 self.counters["bytes_received"] += self.inbox[i].nbytes
@@ -172,6 +140,8 @@ class Server:
                 for i in policy.released():
                     self._answer(i)
                 self._periodic_async()
+            if self.deaths is not None:
+                self.deaths.check()
             timers["comm"] += t1 - t0
             timers["compute"] += time.perf_counter() - t1
             self.ctx.timeline.add("wait", t0, t1)
@@ -208,7 +178,8 @@ class Server:
                 "lead": dict(policy.lead), "version": policy.version,
                 "epochs": self.log.epochs, "steps_per_epoch": self.plan.steps_per_epoch,
                 "batch": self.plan.batch, "samples": self.samples, "steps_done": 0,
-                "interrupted": policy.interrupted, "checkpoint": str(self.checkpoint_path)}
+                "interrupted": policy.interrupted, "checkpoint": str(self.checkpoint_path),
+                "deaths": self.deaths.records if self.deaths is not None else []}
 
     # -- consistency models -----------------------------------------------------------
     def _bsp(self) -> None:
@@ -222,7 +193,11 @@ class Server:
             count = sum(int(self.inbox[i].ints[H_COUNT]) for i in ready)
             loss = sum(float(self.inbox[i].floats[H_LOSS]) for i in ready)
             self._apply_ready(ready, count, loss)
+            if self.deaths is not None:
+                for i in ready:
+                    self.deaths.applied_step(i, policy.version)
             policy.step_complete()
+            self.log.advance(policy.version, self.counters)
             self._maybe_checkpoint(any(self.inbox[i].ints[H_FLAGS] & F_SIGNAL for i in ready))
             for i in ready:
                 self._answer(i)
@@ -283,7 +258,10 @@ class Server:
         self.counters["staleness"][policy.version - int(msg.ints[H_BASE])] += 1
         count = int(msg.ints[H_COUNT])
         self._apply_push(i, step, count, float(msg.floats[H_LOSS]))
+        if self.deaths is not None:
+            self.deaths.applied_step(i, step)
         action = policy.applied(i, step, count, bool(msg.ints[H_FLAGS] & F_LAST))
+        self.log.advance(policy.slowest(), self.counters)
         if action is not Action.HOLD:
             self._answer(i, stop=action is Action.STOP)
 
@@ -328,7 +306,7 @@ class Server:
                 soft_threshold(self.theta, lr * cfg.model.l1, self.mask)
             self.counters["updates"] += 1
             self.samples += count
-        self.log.add(loss_sum, count, self.counters)
+        self.log.add(loss_sum, count)
 
     def _rate(self, step: int, count: int) -> float:
         """The learning rate of an update at ``step`` from a push of ``count`` rows."""
@@ -372,7 +350,49 @@ class Server:
             self.recvs[i] = self.ctx.topo.world.Irecv(self.inbox[i].spec, self.workers[i],
                                                       TAG_PUSH)
 
-    def _watchdog(self, idle: float) -> None:
+    # -- going on through a worker's death (modes.ps.deaths) -----------------------------
+    def _heard(self, done: list[int]) -> list[int]:
+        """The pushes to process: a dead worker's is dropped; one from a worker evicted
+        by the timeout is answered with stop and evicted (it leaves the job)."""
+        for i in done:
+            if i in self.policy.dead:
+                out = self.outbox[i]
+                out.ints[H_VERSION], out.ints[H_FLAGS] = self.policy.version, F_STOP | F_EVICTED
+                self.ctx.topo.world.Isend(out.spec, self.workers[i], TAG_REPLY)
+            else:
+                self.deaths.pushed(i)
+        return [i for i in done if i not in self.policy.dead]
+
+    def drop(self, i: int, cause: str, how: str) -> None:
+        """Worker i died: go on without it (see modes.ps.deaths)."""
+        policy, deaths = self.policy, self.deaths
+        policy.drop(i)
+        if i not in deaths.evicted and self.recvs[i] != MPI.REQUEST_NULL:
+            self.recvs[i].Cancel()
+            self.recvs[i].Wait()
+            self.recvs[i] = MPI.REQUEST_NULL
+        self.sends[i] = MPI.REQUEST_NULL   # never delivered, never waited for
+        if self.data is not None:
+            self.data.drop(i)
+        horizon = max(policy.steps) + 2
+        queued, lost = self.plan.requeue_dead(i, deaths.applied[i], horizon)
+        record = deaths.record(i, cause, how, queued, lost)
+        warn(f"worker rank {record['rank']} is gone ({cause}); training goes on with "
+             f"{len(policy.live())} worker(s) (ps.on_worker_failure = 'continue')"
+             + (f"; {queued} chunk(s) it held go to the others" if queued else ""))
+        if not policy.live():
+            abort_job("every worker has died: training cannot go on; resume from the "
+                      "newest checkpoint (`mpisgd launch --max-restarts` does it)", 3)
+        if self.bsp:
+            self._bsp()
+        else:
+            self.log.advance(policy.slowest(), self.counters)
+            for j in policy.released():
+                self._answer(j)
+
+    def _watchdog(self, idle: float) -> bool:
+        if self.deaths is not None and self.deaths.due():
+            return True   # the loop comes round to deaths.check
         ps = self.cfg.ps
         if idle < ps.stall_timeout:
             self.warned = False

@@ -15,9 +15,11 @@ import numpy as np
 
 from mpisgd.comm.p2p import (
     F_INTERRUPTED,
+    F_PULL_NEXT,
     F_STOP,
     H_FLAGS,
     H_VERSION,
+    TAG_PULL,
     TAG_REPLY,
     SparseMessage,
 )
@@ -59,10 +61,11 @@ class SparseServer(Server):
         self.codec = None
         self.inbox = [SparseMessage(push, pull, push, dtype) for _ in self.workers]
         self.outbox = [SparseMessage(0, 0, pull, dtype) for _ in self.workers]
+        self.pullbox = [SparseMessage(0, pull, 0, dtype) for _ in self.workers]
         self.acc = self.scratch = self.theta[:0]
 
     def held_bytes(self) -> dict[str, int]:
-        boxes = sum(m.raw.nbytes for m in self.inbox + self.outbox)
+        boxes = sum(m.raw.nbytes for m in self.inbox + self.outbox + self.pullbox)
         return {"params": self.theta.nbytes, "optimizer_state": self.optimizer.held_bytes(),
                 "buffers": boxes}
 
@@ -98,7 +101,7 @@ class SparseServer(Server):
             self.counters["updates"] += 1
             self.keys_applied += keys.size
             self.samples += count
-        self.log.add(loss_sum, count, self.counters)
+        self.log.add(loss_sum, count)
 
     def _send(self, i: int, stop: bool) -> None:
         """Reply with the parameters of the keys worker i's push asked for."""
@@ -108,6 +111,12 @@ class SparseServer(Server):
         out.ints[H_VERSION] = self.policy.version
         out.ints[H_FLAGS] = (F_STOP if stop else 0) | (F_INTERRUPTED if interrupted else 0)
         pull = self.inbox[i].pull()
+        if self.inbox[i].ints[H_FLAGS] & F_PULL_NEXT:   # the keys follow the push
+            box = self.pullbox[i]
+            self.ctx.topo.world.Recv(box.spec, self.workers[i], TAG_PULL)
+            self.inbox[i].ints[H_FLAGS] &= ~F_PULL_NEXT   # answered once
+            self.counters["bytes_received"] += box.nbytes
+            pull = box.pull()
         out.fill(pull[:0], pull[:0], self.theta[pull - self.lo])
         self.sends[i] = self.ctx.topo.world.Isend(out.send_spec(), self.workers[i], TAG_REPLY)
         self.counters["bytes_sent"] += out.nbytes

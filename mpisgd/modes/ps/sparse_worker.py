@@ -16,6 +16,8 @@ from mpi4py import MPI
 from mpisgd.comm.p2p import (
     F_INTERRUPTED,
     F_LAST,
+    F_PULL,
+    F_PULL_NEXT,
     F_SIGNAL,
     F_STOP,
     H_BASE,
@@ -24,6 +26,7 @@ from mpisgd.comm.p2p import (
     H_LOSS,
     H_STEP,
     H_VERSION,
+    TAG_PULL,
     TAG_PUSH,
     TAG_REPLY,
     SparseMessage,
@@ -47,6 +50,7 @@ class SparseWorker(Worker):
         push, pull = capacity
         self.push = [SparseMessage(push, pull, push, theta.dtype) for _ in ranges]
         self.reply = [SparseMessage(0, 0, pull, theta.dtype) for _ in ranges]
+        self.pulls = [SparseMessage(0, pull, 0, theta.dtype) for _ in ranges]
         self.feedback = [None] * len(ranges)
         self.theta = theta
         self.bounds = np.array([lo for lo, _ in ranges] + [ranges[-1][1]], dtype=np.int64)
@@ -54,34 +58,73 @@ class SparseWorker(Worker):
         # value, which _exchange carries over into the push.
         self.grad = self.out = np.zeros(1, dtype=theta.dtype)
         self.hooks = Hooks(ctx.cfg.debug, ctx.topo.rank, ctx.nan_fired)
-        self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0}
+        self.counters = {"bytes_sent": 0, "bytes_received": 0, "steps_done": 0,
+                         "refreshes": 0}   # pull-only exchanges after a dropped push
 
     def _exchange(self, step: int, version: int, grad: np.ndarray, count: int, loss: float,
                   signal: bool) -> tuple[int, bool, bool]:
         """Push this step's pairs to each server with the next step's keys; write the
-        pulled values into the parameters; (version, stop, interrupted)."""
-        world = self.ctx.topo.world
-        last_step = step + 1 >= self.plan.total
-        last = (not self.sync) and last_step
+        pulled values into the parameters; (version, stop, interrupted).
+
+        bsp with backup workers: a push that came too late was dropped and the worker
+        goes on at the servers' version, whose keys it has not pulled: it pulls them
+        (a pull-only message) before computing that step."""
         keys, vals = self.plan.last
         if np.isnan(self.out[0]):   # debug.fail_kind = "nan": the hook's NaN, into the push
             vals = vals.copy()
             vals[0], self.out[0] = np.nan, 0
-        pull = np.empty(0, np.int64) if last_step else self.plan.keys_for(step + 1)
+        new, stop, interrupted = self._send_pairs(step, version, keys, vals, count, loss, signal,
+                                                  step + 1)
+        while self.sync and not stop and step + 1 < new < self.plan.total:
+            step = new - 1
+            self.counters["refreshes"] += 1
+            new, stop, flagged = self._send_pairs(new, version, keys[:0], vals[:0], 0, 0.0,
+                                                  signal, new)
+            interrupted |= flagged
+        return new, stop, interrupted
+
+    def _send_pairs(self, step: int, version: int, keys: np.ndarray, vals: np.ndarray,
+                    count: int, loss: float, signal: bool, pull_step: int):
+        """One exchange with every server: ``keys``/``vals`` pushed (none: a pull-only
+        message), the keys of ``pull_step`` pulled; (version, stop, interrupted).
+
+        A push of the step's gradient goes first, and the keys of the next step follow in
+        a second message: the worker finds them while the server applies the push, off
+        the step's critical path (the server needs them only to reply)."""
+        world = self.ctx.topo.world
+        last_step = step + 1 >= self.plan.total
+        last = (not self.sync) and last_step
+        only_pull = count == 0 and self.sync and pull_step == step
+        follow = not only_pull and pull_step < self.plan.total
+        pull = (np.empty(0, np.int64) if pull_step >= self.plan.total or follow
+                else self.plan.keys_for(pull_step))
+        flags = ((F_PULL if only_pull else (F_LAST if last else 0)) | (F_SIGNAL if signal else 0)
+                 | (F_PULL_NEXT if follow else 0))
         cut_k = np.searchsorted(keys, self.bounds)
         cut_p = np.searchsorted(pull, self.bounds)
         requests = []
         for s, (msg, reply, server) in enumerate(zip(self.push, self.reply, self.servers)):
             msg.ints[H_STEP], msg.ints[H_COUNT] = step, count
-            msg.ints[H_FLAGS] = (F_LAST if last else 0) | (F_SIGNAL if signal else 0)
+            msg.ints[H_FLAGS] = flags
             msg.ints[H_BASE] = version
             msg.floats[H_LOSS] = loss
             msg.fill(keys[cut_k[s]:cut_k[s + 1]], pull[cut_p[s]:cut_p[s + 1]],
                      vals[cut_k[s]:cut_k[s + 1]])
             requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
             requests.append(world.Isend(msg.send_spec(), server, TAG_PUSH))
-        MPI.Request.Waitall(requests)
         self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
+        if follow:
+            pull = self.plan.keys_for(pull_step)
+            cut_p = np.searchsorted(pull, self.bounds)
+            for s, (msg, server) in enumerate(zip(self.pulls, self.servers)):
+                msg.fill(pull[:0], pull[cut_p[s]:cut_p[s + 1]], vals[:0])
+                requests.append(world.Isend(msg.send_spec(), server, TAG_PULL))
+            self.counters["bytes_sent"] += sum(m.nbytes for m in self.pulls)
+        MPI.Request.Waitall(requests)
+        return self._replies(pull, cut_p)
+
+    def _replies(self, pull: np.ndarray, cut_p: np.ndarray) -> tuple[int, bool, bool]:
+        """Write the pulled values into the parameters; (version, stop, interrupted)."""
         stops = [bool(reply.ints[H_FLAGS] & F_STOP) for reply in self.reply]
         if any(stops) and not all(stops):
             self._leave([i for i, s in enumerate(stops) if not s])
@@ -106,4 +149,4 @@ class SparseWorker(Worker):
 
     def held_bytes(self) -> dict[str, int]:
         return {"params": self.theta.nbytes,
-                "buffers": sum(m.raw.nbytes for m in self.push + self.reply)}
+                "buffers": sum(m.raw.nbytes for m in self.push + self.reply + self.pulls)}

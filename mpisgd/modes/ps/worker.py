@@ -13,8 +13,10 @@ import numpy as np
 from mpi4py import MPI
 
 from mpisgd.comm.compress import ErrorFeedback
+from mpisgd.comm.failures import leave_job
 from mpisgd.comm.nodegroup import NodeGroup
 from mpisgd.comm.p2p import (
+    F_EVICTED,
     F_INTERRUPTED,
     F_LAST,
     F_LEAVE,
@@ -34,6 +36,7 @@ from mpisgd.comm.watchdog import StepWatchdog
 from mpisgd.context import Context
 from mpisgd.modes.common import Hooks, gradient_codec, write_trace
 from mpisgd.runtime import signals
+from mpisgd.runtime.log import warn
 
 
 class Worker:
@@ -70,10 +73,19 @@ class Worker:
     def run(self) -> dict:
         ctx, plan = self.ctx, self.plan
         trace = {} if ctx.cfg.debug.trace_rows else None
+        # Going on through deaths, each step's rows are written as it is answered: a dead
+        # worker's file holds exactly the steps the servers applied (and no collective
+        # write is possible at the end).
+        self.trace_out = None
+        if trace is not None and ctx.cfg.ps.on_worker_failure == "continue":
+            (ctx.run_dir / "trace").mkdir(exist_ok=True)
+            self.trace_out = open(ctx.run_dir / "trace" / f"rank{ctx.topo.rank}.bin", "wb")
         with StepWatchdog(ctx.cfg.train.step_timeout) as dog:
             version, interrupted = self._steps(dog, trace)
         plan.finish_reads()   # before any collective: servers may be answering data requests
-        if trace is not None:
+        if self.trace_out is not None:
+            self.trace_out.close()
+        elif trace is not None:
             write_trace(ctx, [np.concatenate(v) for _, v in sorted(trace.items())])
         return {**self.counters, "version": version, "epochs": 0, "steps_per_epoch": 0,
                 "batch": plan.batch, "samples": 0, "interrupted": interrupted}
@@ -92,7 +104,7 @@ class Worker:
             loss, count, ids = plan.gradient(step, theta, self.out)
             self.hooks.after_gradient(step, self.out)
             waited = plan.wait_s - waited
-            if trace is not None:
+            if trace is not None and self.trace_out is None:
                 trace.setdefault(step // plan.steps_per_epoch, []).append(ids)
             signal = signals.requested()
             t1 = time.perf_counter()
@@ -108,6 +120,10 @@ class Worker:
                                                                count, loss, signal),
                     self.grad if self.pusher else None)
             interrupted |= flagged
+            if self.trace_out is not None:   # (epoch, row id) pairs of an answered step
+                pairs = np.stack([plan.id_epochs(step), np.asarray(ids, dtype=np.int64)], 1)
+                self.trace_out.write(pairs.tobytes())
+                self.trace_out.flush()
             dog.idle()
             t2 = time.perf_counter()
             self.counters["steps_done"] += 1
@@ -145,6 +161,8 @@ class Worker:
             requests.append(world.Isend(msg.spec, server, TAG_PUSH))
         MPI.Request.Waitall(requests)
         self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
+        if any(reply.ints[H_FLAGS] & F_EVICTED for reply in self.reply):
+            self._evicted()
         stops = [bool(reply.ints[H_FLAGS] & F_STOP) for reply in self.reply]
         if any(stops) and not all(stops):
             self._leave([i for i, s in enumerate(stops) if not s])
@@ -157,6 +175,14 @@ class Worker:
             interrupted |= bool(reply.ints[H_FLAGS] & F_INTERRUPTED)
         self.counters["bytes_received"] += sum(m.nbytes for m in self.reply)
         return max(versions), stop, interrupted
+
+    def _evicted(self) -> None:
+        """The servers declared this worker dead (no push for ps.dead_after seconds) and
+        went on without it: it leaves the job alone, the others finish."""
+        warn(f"worker rank {self.ctx.topo.rank} was declared dead by the servers (no push "
+             f"for ps.dead_after = {self.ctx.cfg.ps.dead_after:g} s) and leaves the job; "
+             f"the others go on without it", all_ranks=True)
+        leave_job(3)
 
     def _leave(self, indices: list[int]) -> None:
         """Tell the servers ``indices`` that this worker stops, and wait for their stop.
