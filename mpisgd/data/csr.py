@@ -53,6 +53,10 @@ class CsrBlock:
     def nnz(self) -> int:
         return int(self.indptr[-1])
 
+    @property
+    def nbytes(self) -> int:
+        return self.indptr.nbytes + self.indices.nbytes + self.values.nbytes
+
     def __len__(self) -> int:
         return len(self.indptr) - 1
 

@@ -75,6 +75,10 @@ class CsrReader:
                             f"shard's nnz={nnz}")
         return ip
 
+    def indptr(self, shard: int) -> np.ndarray:
+        """The whole indptr of a shard (rows + 1 entries), checked."""
+        return self._indptr(shard, 0, self.info.rows[shard])
+
     def read(self, start: int, stop: int) -> tuple[CsrBlock, np.ndarray]:
         """Rows [start, stop) as a CsrBlock (indptr from 0) and y."""
         info = self.info

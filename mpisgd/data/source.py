@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from mpisgd.data.checks import check_values
+from mpisgd.data.csr_read import CsrReader
 from mpisgd.data.format import DatasetInfo
 from mpisgd.data.read import DatasetReader
 from mpisgd.errors import DataError
@@ -48,7 +49,9 @@ class ChunkReader:
     """Reads global row ranges that lie within one shard, with retries, for one rank.
 
     ``request(key, lo, hi)`` starts a read (in the background with prefetch);
-    ``get(key)`` returns ``(X, y)`` or None for a skipped chunk. ``stats`` counts chunks,
+    ``get(key)`` returns ``(X, y)`` or None for a skipped chunk; X is a
+    :class:`~mpisgd.data.csr.CsrBlock` for a CSR dataset (its values checked by the
+    reader when ``data.check_values``). ``stats`` counts chunks,
     bytes, retries, skipped chunks/rows and seconds spent waiting for data.
     """
 
@@ -59,7 +62,9 @@ class ChunkReader:
         self.check = data_cfg.check_values
         self.faults = FaultInjector(debug_cfg.read_fail_file, debug_cfg.read_fail_times,
                                     debug_cfg.read_fail_prob, rank)
-        self.reader = DatasetReader(info)
+        self.csr = info.layout == "csr"
+        self.reader = (CsrReader(info, check_values=self.check) if self.csr
+                       else DatasetReader(info))
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="mpisgd-read") \
             if data_cfg.prefetch else None
         self.pending: dict[object, Future | tuple] = {}
@@ -119,7 +124,7 @@ class ChunkReader:
             self.stats["skipped_rows"] += hi - lo
             self.skipped.append(where)
             return None
-        if self.check:
+        if self.check and not self.csr:
             check_values(X, y, self.info, f"rows [{lo}, {hi}) of '{path}'", first_row=lo)
         self.stats["chunks"] += 1
         self.stats["bytes"] += X.nbytes + y.nbytes

@@ -140,7 +140,7 @@ class ChunkBatches:
         self.node = worker_nodes[worker] if worker >= 0 else -1
         self.local = self.remote = 0
         self._order_epoch, self._order = -1, None
-        self._scratch = np.empty(ctx.n_params, dtype=ctx.dtype)
+        self._scratch = None   # a dense gradient's buffer, made at the first step
         self._rows: dict[int, np.ndarray] = {}
         self.wait_s = 0.0
 
@@ -228,15 +228,13 @@ class ChunkBatches:
         ctx, t = self.ctx, self.table
         grad[:] = 0
         loss, count, ids = 0.0, 0, []
+        if self._scratch is None:
+            self._scratch = np.empty(ctx.n_params, dtype=ctx.dtype)
         waited = self.reader.stats["wait_s"]
         self.epochs = []
         for c, epoch in self._claims(step):
             t0 = time.perf_counter()
-            data = self.reader.get(c, t.lo[c], t.hi[c])
-            if self.chunk_node[c] >= 0 and self.chunk_node[c] == self.node:
-                self.local += 1
-            else:
-                self.remote += 1
+            data = self._fetch(c)
             if data is not None:   # None: skipped after its retries (counted by the reader)
                 X, y = data
                 if self.scaler is not None:
@@ -251,6 +249,15 @@ class ChunkBatches:
                 time.sleep(self.slow * (time.perf_counter() - t0))
         self.wait_s += self.reader.stats["wait_s"] - waited
         return loss, count, (np.concatenate(ids) if ids else np.empty(0, dtype=np.int64))
+
+    def _fetch(self, c: int):
+        """Chunk c's (X, y), or None when skipped; counted as read on its node or not."""
+        data = self.reader.get(c, self.table.lo[c], self.table.hi[c])
+        if self.chunk_node[c] >= 0 and self.chunk_node[c] == self.node:
+            self.local += 1
+        else:
+            self.remote += 1
+        return data
 
     def _train_rows(self, c: int) -> np.ndarray:
         """Chunk c's training rows (offsets within it), hashed once and kept: the same in

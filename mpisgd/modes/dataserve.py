@@ -8,6 +8,11 @@ chunk's rows as one byte message (``TAG_DATA``: X then y). Requests are non-bloc
 the next chunk is asked for while this one is computed (the prefetch of storage
 placement). The server answers requests inside its event loop, between pushes.
 
+A CSR chunk travels as its indptr (from 0, rows + 1 int64), indices, values, then y; its
+size depends on its non-zeros, so a worker cannot post a receive of the right size in
+advance: it receives a server's answers in the order it asked for them (one server
+answers one worker in order), probing each for its size.
+
 Ending: when a worker is done it sends ``BYE`` (-1) to every server; a server keeps
 answering until every worker said bye. Requests a worker sent before its bye (a prefetch
 for a step it never ran) are therefore answered, and the worker receives and drops them
@@ -17,11 +22,13 @@ before saying bye, so no message is ever left unmatched.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 from mpi4py import MPI
 
 from mpisgd.context import Context
+from mpisgd.data.csr import CsrBlock
 from mpisgd.data.partition import block_range
 from mpisgd.data.source import ChunkReader
 
@@ -43,6 +50,29 @@ def _row_bytes(info) -> int:
     return info.n_features * info.dtype.itemsize + info.y_dtype.itemsize
 
 
+def _pack(ctx: Context, X, y: np.ndarray) -> np.ndarray:
+    """A chunk as the bytes a worker receives: X rows (CSR: indptr, indices, values)
+    then y."""
+    if ctx.info.layout == "csr":
+        parts = (X.indptr, X.indices, X.values, y)
+    else:
+        if ctx.scaler is not None:   # once here, not on every worker's every read
+            ctx.scaler.transform(X, out=X)
+        parts = (X.reshape(-1), y)
+    return np.concatenate([np.ascontiguousarray(p).view(np.uint8) for p in parts])
+
+
+def _unpack_csr(info, buf: np.ndarray, n: int):
+    """(CsrBlock, y) from a packed CSR chunk of ``n`` rows."""
+    a = 8 * (n + 1)
+    indptr = buf[:a].view(np.int64)
+    nnz = int(indptr[-1])
+    b = a + nnz * info.index_dtype.itemsize
+    c = b + nnz * info.dtype.itemsize
+    return (CsrBlock(indptr, buf[a:b].view(info.index_dtype), buf[b:c].view(info.dtype)),
+            buf[c:].view(info.y_dtype))
+
+
 class DataServer:
     """One server rank's part of the dataset and its answers to workers' requests."""
 
@@ -60,11 +90,7 @@ class DataServer:
                 if data is None:   # skipped after retries: the workers get an empty chunk
                     self.blocks.append(np.empty(0, dtype=np.uint8))
                     continue
-                X, y = data
-                if ctx.scaler is not None:   # once here, not on every worker's every read
-                    ctx.scaler.transform(X, out=X)
-                self.blocks.append(np.concatenate([X.reshape(-1).view(np.uint8),
-                                                   y.view(np.uint8)]))
+                self.blocks.append(_pack(ctx, *data))
         finally:
             reader.close()
         self.report = dict(reader.stats)
@@ -123,7 +149,11 @@ class ServerChunkSource:
         self.ctx, self.table, self.info = ctx, table, ctx.info
         self.servers = ctx.roles.servers
         self.owner = owner   # server index of every chunk
-        self.pending: dict[int, tuple[MPI.Request, np.ndarray]] = {}
+        self.csr = ctx.info.layout == "csr"
+        # dense: key -> (its receive, its buffer); CSR: key -> None until received
+        self.pending: dict[int, tuple[MPI.Request, np.ndarray] | None] = {}
+        self.asked = {s: deque() for s in self.servers}   # CSR: keys in the order asked
+        self.arrived: dict[int, tuple[np.ndarray, int]] = {}   # CSR: (bytes, count)
         self.stats = {"chunks": 0, "bytes": 0, "retries": 0, "skipped_chunks": 0,
                       "skipped_rows": 0, "wait_s": 0.0}
         self.skipped: list[str] = []
@@ -134,40 +164,58 @@ class ServerChunkSource:
             return
         world = self.ctx.topo.world
         server = self.servers[self.owner[key]]
-        buf = np.empty((hi - lo) * _row_bytes(self.info), dtype=np.uint8)
-        recv = world.Irecv([buf, MPI.BYTE], server, TAG_DATA)
+        if self.csr:
+            self.asked[server].append(key)
+            self.pending[key] = None
+        else:
+            buf = np.empty((hi - lo) * _row_bytes(self.info), dtype=np.uint8)
+            self.pending[key] = (world.Irecv([buf, MPI.BYTE], server, TAG_DATA), buf)
         ask = np.array([key], dtype=np.int64)
-        send = world.Isend(ask, server, TAG_DATA_REQ)
-        self._ask[key] = (send, ask)
-        self.pending[key] = (recv, buf)
+        self._ask[key] = (world.Isend(ask, server, TAG_DATA_REQ), ask)
+
+    def _receive(self, key: int) -> tuple[np.ndarray, int]:
+        """(bytes, count) of chunk ``key``'s answer: dense, into its posted buffer; CSR,
+        every earlier answer of its server first (they come in the order asked)."""
+        entry = self.pending.pop(key)
+        if not self.csr:
+            recv, buf = entry
+            status = MPI.Status()
+            recv.Wait(status)
+            return buf, status.Get_count(MPI.BYTE)
+        server = self.servers[self.owner[key]]
+        while key not in self.arrived:
+            k = self.asked[server].popleft()
+            status = MPI.Status()
+            msg = self.ctx.topo.world.Mprobe(server, TAG_DATA, status)
+            buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+            msg.Recv([buf, MPI.BYTE])
+            self.arrived[k] = (buf, buf.size)
+        return self.arrived.pop(key)
 
     def get(self, key: int, lo: int, hi: int):
         self.request(key, lo, hi)
-        recv, buf = self.pending.pop(key)
         t0 = time.perf_counter()
-        status = MPI.Status()
-        recv.Wait(status)
-        send, _ = self._ask.pop(key)
-        send.Wait()
+        buf, count = self._receive(key)
+        self._ask.pop(key)[0].Wait()
         self.stats["wait_s"] += time.perf_counter() - t0
         n = int(hi - lo)
-        if status.Get_count(MPI.BYTE) == 0 and n:   # the server skipped this chunk
+        if count == 0 and n:   # the server skipped this chunk
             self.stats["skipped_chunks"] += 1
             self.stats["skipped_rows"] += n
             return None
-        info = self.info
-        split = n * info.n_features * info.dtype.itemsize
-        X = buf[:split].view(info.dtype).reshape(n, info.n_features)
-        y = buf[split:].view(info.y_dtype)
         self.stats["chunks"] += 1
         self.stats["bytes"] += buf.nbytes
-        return X, y
+        info = self.info
+        if self.csr:
+            return _unpack_csr(info, buf, n)
+        split = n * info.n_features * info.dtype.itemsize
+        return buf[:split].view(info.dtype).reshape(n, info.n_features), buf[split:].view(
+            info.y_dtype)
 
     def forget(self, keep) -> None:
         """Requests already sent are answered: receive and drop the ones not needed."""
         for key in [k for k in self.pending if k not in keep]:
-            recv, _ = self.pending.pop(key)
-            recv.Wait()
+            self._receive(key)
             self._ask.pop(key)[0].Wait()
 
     def close(self) -> None:

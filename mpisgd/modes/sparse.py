@@ -20,32 +20,15 @@ import time
 
 import numpy as np
 
-from mpisgd import kernels
 from mpisgd.comm.sparse_reduce import SparseReducer
 from mpisgd.comm.watchdog import StepWatchdog
 from mpisgd.context import Context
-from mpisgd.modes.common import StepPlan, check_finite, make_plan
+from mpisgd.modes.common import check_finite, make_plan
 from mpisgd.modes.runner import LOSS, ROWS, TAIL, Exchanged, Runner
+from mpisgd.modes.sparse_chunks import make_sparse_batches
 from mpisgd.optim import clip_factor, learning_rate, sq_norm
 from mpisgd.optim_sparse import make_sparse_optimizer
 from mpisgd.report.memory import node_memory
-
-
-def expand_keys(n_features: int, n_outputs: int, keys: np.ndarray) -> np.ndarray:
-    """Feature ids -> the sorted flat indices of their weights and of the biases in
-    theta's layout ([w, b], or softmax [W (C, d) class-major, b (C)])."""
-    d, C = n_features, n_outputs
-    flat = (np.arange(C, dtype=np.int64)[:, None] * d + keys[None, :]).ravel() if C > 1 \
-        else keys
-    return np.concatenate((flat, np.arange(C * d, C * d + C, dtype=np.int64)))
-
-
-def flat_keys(model: str, n_features: int, g) -> tuple[np.ndarray, np.ndarray]:
-    """A :class:`~mpisgd.kernels.sparse.SparseGrad` as (:func:`expand_keys` of its keys,
-    their values)."""
-    vals = g.grad_keys.T.ravel() if model == "softmax" else g.grad_keys
-    return (expand_keys(n_features, g.grad_bias.size, g.keys),
-            np.concatenate((vals, g.grad_bias)))
 
 
 class SparseParams:
@@ -75,61 +58,11 @@ class SparseParams:
         return {"params": self.theta.nbytes, "optimizer_state": self.optimizer.held_bytes()}
 
 
-class SparseRowBatches:
-    """Partition placement, CSR rows: the rank's gradient of each step's rows, as the
-    touched keys and their values (kept in :attr:`last`)."""
-
-    def __init__(self, ctx: Context, plan: StepPlan):
-        self.ctx, self.plan = ctx, plan
-        self.steps_per_epoch, self.total, self.batch = plan.steps_per_epoch, plan.total, plan.batch
-        self.wait_s = 0.0
-        self.trace = ctx.cfg.debug.trace_rows
-        self.last: tuple[np.ndarray, np.ndarray] | None = None
-        self._keys = None   # (step, its unique keys), found by keys_for for the pull
-
-    def gradient(self, step: int, theta: np.ndarray, grad: np.ndarray):
-        """(loss sum, rows, their global ids when traced); the gradient in :attr:`last`."""
-        ctx = self.ctx
-        idx = self.plan.rows_for(step)
-        known = self._keys[1] if self._keys is not None and self._keys[0] == step else None
-        g = kernels.sparse.loss_grad_theta(ctx.model, ctx.X, ctx.y, idx, theta, known)
-        self.last = flat_keys(ctx.model, ctx.n_features, g)
-        return g.loss, idx.size, (idx + ctx.row0 if self.trace else None)
-
-    def keys_for(self, step: int) -> np.ndarray:
-        """The flat parameter indices rows of ``step`` touch (a PS worker pulls them)."""
-        ctx = self.ctx
-        found = kernels.sparse.unique_keys(ctx.X.indptr, ctx.X.indices,
-                                           self.plan.rows_for(step))
-        self._keys = (step, found)   # the step's gradient reuses them
-        keys = found.keys
-        return expand_keys(ctx.n_features, ctx.n_classes if ctx.model == "softmax" else 1,
-                           keys)
-
-    def max_keys(self) -> int:
-        """A bound on the flat indices one step of this rank touches: its most rows in a
-        step times its densest row, per output, plus the biases."""
-        ctx = self.ctx
-        rows = min(self.batch, ctx.train_rows.size)
-        nnz = int(np.diff(ctx.X.indptr).max()) if ctx.X.indptr.size > 1 else 0
-        C = ctx.n_classes if ctx.model == "softmax" else 1
-        return min(ctx.n_params, rows * nnz * C + C)
-
-    def report(self) -> dict:
-        return {}
-
-    def finish_reads(self) -> None:
-        """Nothing in flight."""
-
-    def close(self) -> None:
-        """Nothing to release."""
-
-
 class SparseSyncRunner(Runner):
     """Synchronous SGD over sparse gradients: sum the ranks' pairs, update their keys."""
 
     def __init__(self, ctx: Context, params: SparseParams, buf: np.ndarray,
-                 reduce: SparseReducer, plan: SparseRowBatches, dog: StepWatchdog,
+                 reduce: SparseReducer, plan, dog: StepWatchdog,
                  start_step: int):
         super().__init__(ctx, params, buf, reduce, plan, dog, start_step)
         self.grad, self.tail = buf[:0], buf   # the gradient travels as pairs, not here
@@ -189,7 +122,7 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     reduce = SparseReducer(ctx.topo.world, ctx.n_params, ctx.dtype, ctx.cfg.comm.sparse, TAIL)
     params = SparseParams(ctx, theta, opt_state)
     memory = node_memory(ctx.topo, {**params.held_bytes(), "buffers": reduce.dense_bytes()})
-    plan = SparseRowBatches(ctx, make_plan(ctx))
+    plan = make_sparse_batches(ctx, make_plan(ctx))
     with StepWatchdog(ctx.cfg.train.step_timeout) as dog:
         stats = _run(ctx, params, buf, reduce, plan, dog, start_step)
     stats["allreduce"] = f"sparse-{reduce.method}"

@@ -24,15 +24,14 @@ def check_sparse_job(cfg: JobConfig, info: DatasetInfo) -> None:
     """What a sparse dataset cannot be trained with (yet); identical on every rank."""
     where = f"dataset '{info.path}' is sparse (CSR)"
     rules = [
-        (cfg.mode == "ps" and cfg.ps.on_worker_failure == "continue",
-         "ps.on_worker_failure = 'continue' (not yet: restart with `mpisgd launch "
-         "--max-restarts` instead)"),
         (cfg.mode == "ps" and cfg.ps.node_aggregate, "ps.node_aggregate (a node's workers "
                                                      "sum dense vectors in shared memory)"),
         (cfg.model.name == "mlp", "model.name = 'mlp' (sparse models: linear, logistic, "
                                   "softmax)"),
-        (cfg.data.placement != "partition", f"data.placement = '{cfg.data.placement}' "
-                                            f"(sparse rows train with 'partition')"),
+        (cfg.data.placement != "partition" and cfg.data.assign == "balanced"
+         and cfg.ps.backup_workers > 0 and cfg.mode == "ps",
+         "data.assign = 'balanced' with ps.backup_workers (a worker takes its next step's "
+         "chunks while this one is applied, and a dropped worker skips that step)"),
         (cfg.data.standardize, "data.standardize = true (centring would make every row "
                                "dense; hashed and count features are used as they are)"),
         (cfg.train.sync_every > 1, "train.sync_every > 1 (local SGD averages whole "

@@ -14,6 +14,7 @@ from scipy import sparse as sp
 
 import mpisgd
 from mpisgd.data import write_csr_shard, write_shard
+from mpisgd.data.partition import holdout_mask
 from mpisgd.store.modelfile import load_model
 
 from .datasets import sets
@@ -153,7 +154,7 @@ def test_sparse_synth_job_learns_and_reports_its_traffic(launch, tmp_path, mode)
     ("data.standardize=true", "data.standardize = true"),
     ("comm.compression='fp16'", "comm.compression = 'fp16'"),
     ("train.sync_every=4", "train.sync_every > 1"),
-    ("mode='ps';ps.on_worker_failure='continue'", "ps.on_worker_failure"),
+    ("mode='ps';ps.node_aggregate=true", "ps.node_aggregate"),
 ])
 def test_what_sparse_data_cannot_train_with_is_one_agreed_error(launch, tmp_path, extra,
                                                                 needle):
@@ -188,6 +189,43 @@ def test_ps_bsp_equals_allreduce_bitwise(launch, tmp_path, csr, servers):
     np.testing.assert_array_equal(_theta(ps), _theta(ar))
     s = _summary(ps)
     assert s["samples"] == _summary(ar)["samples"]
+
+
+CHUNKED = {"ar-storage": (2, ["data.placement='storage'", "comm.sparse='pairs'"]),
+           "ps-storage": (3, ["data.placement='storage'", "mode='ps'"]),
+           "ps-server": (4, ["data.placement='server'", "mode='ps'", "ps.servers=2"])}
+
+
+@pytest.mark.parametrize("assign", ["static", "balanced"])
+def test_csr_chunks_from_storage_or_servers_use_every_row_once_and_agree(launch, tmp_path,
+                                                                         assign):
+    """CSR rows read chunk by chunk from the files (storage) or sent by the servers that
+    hold them (server): each epoch uses every training row once, and allreduce, ps with
+    the workers reading and ps with the servers serving train the same model (bitwise
+    under static assignment: the same two workers sum the same chunks)."""
+    sparse_dir, _ = _csr_data(tmp_path / "data", "binary")
+    thetas = {}
+    for name, (n, extra) in CHUNKED.items():
+        out = tmp_path / name
+        launch(n, _job(sparse_dir, "binary", "optimizer.name='adagrad'", "data.chunk_rows=32",
+                       f"data.assign='{assign}'", "debug.trace_rows=true", "train.seed=0",
+                       "data.test_fraction=0.2", *extra) + ["--out", str(out)],
+               timeout=120, check=True)
+        train = np.flatnonzero(~holdout_mask(0, 1500, 0.2, seed=0))
+        traces = [np.load(out / "trace" / f"rank{r}.npz") for r in range(n)]
+        for epoch in range(2):
+            used = np.concatenate([t[f"arr_{epoch}"] for t in traces if f"arr_{epoch}" in t])
+            np.testing.assert_array_equal(np.sort(used), train, err_msg=name)
+        s = _summary(out)
+        assert s["test"]["accuracy"] > 0.7, (name, s["test"])
+        assert s["data_io"]["total"]["chunks"] == 2 * 48, name   # 2 shards x 24 chunks
+        thetas[name] = _theta(out)
+    for name, theta in thetas.items():
+        if assign == "static":
+            np.testing.assert_array_equal(theta, thetas["ar-storage"], err_msg=name)
+        else:   # who computes which chunk varies: sums in another order, to rounding
+            np.testing.assert_allclose(theta, thetas["ar-storage"], rtol=1e-7, atol=1e-10,
+                                       err_msg=name)
 
 
 @pytest.mark.parametrize("consistency", ["asp", "ssp"])

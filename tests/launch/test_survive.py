@@ -135,16 +135,17 @@ def _traced(out: Path) -> np.ndarray:
     return np.concatenate(parts)
 
 
-@pytest.mark.parametrize("consistency", ["bsp", "asp"])
-def test_balanced_storage_uses_every_row_once_per_epoch_after_a_death(
-        launch, tmp_path, uneven, consistency):
+@pytest.mark.parametrize("consistency, placement",
+                         [("bsp", "storage"), ("asp", "storage"), ("bsp", "server")])
+def test_balanced_assignment_uses_every_row_once_per_epoch_after_a_death(
+        launch, tmp_path, uneven, consistency, placement):
     # 4 ranks: servers 0 and 1, workers 2 and 3. Worker 2 waits 50 ms before each step, so
     # worker 3 takes every chunk of step 3, computes them, and dies before pushing.
     out = tmp_path / "run"
     args = sets(f"data.train='{uneven}'", "data.chunk_rows=100", "train.batch_size=400",
                 "train.epochs=2", "optimizer.lr=0.05", "optimizer.schedule='constant'",
                 "mode='ps'", "ps.servers=2", "ps.on_worker_failure='continue'",
-                f"ps.consistency='{consistency}'", "data.placement='storage'",
+                f"ps.consistency='{consistency}'", f"data.placement='{placement}'",
                 "data.assign='balanced'", "debug.trace_rows=true",
                 "debug.fail_rank=3", "debug.fail_step=3", "debug.fail_kind='kill'",
                 "debug.slow_rank=2", "debug.slow_ms=50")
@@ -207,3 +208,20 @@ def test_a_hung_worker_is_declared_dead_after_dead_after_and_ended(launch, tmp_p
     assert "ps.dead_after" in death["cause"]
     assert s["steps"] == 96 and s["ps"]["worker_steps"]["2"] == 96
     assert f"ended worker rank {VICTIM}" in r.stdout
+
+
+def test_a_sparse_job_goes_on_after_a_worker_is_killed(launch, tmp_path):
+    """Sparse ps (pairs pushed, next keys pulled): the same as dense."""
+    out = tmp_path / "run"
+    args = BASE + sets("data.synth.kind='sparse'", "model.name='logistic'",
+                       "data.synth.features=2048", "data.synth.nnz=8", "optimizer.lr=0.5",
+                       f"debug.slow_rank={VICTIM}", "debug.slow_ms=30",
+                       "checkpoint.every_steps=5")
+    r = _run(launch, args, out, kill=VICTIM)
+    assert r.returncode == KILLED, r.stderr
+    s = _summary(out)
+    (death,) = s["failures"]["dead_workers"]
+    assert death["rank"] == VICTIM and s["steps"] == 96 and s["epochs"] == 4
+    assert s["ps"]["worker_steps"]["2"] == 96 and death["rows_not_trained"] > 0
+    ev = launch(1, ["eval", str(out / "model.h5"), "--data", s["train_data"]], check=True)
+    assert "accuracy" in ev.stdout

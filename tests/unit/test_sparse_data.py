@@ -95,7 +95,7 @@ def test_dense_readers_refuse_a_csr_dataset_and_training_checks_what_it_can_do(t
         read_csr_rows(open_dataset(tmp_path / "dense.h5"), 0, 2)
     for mode in ("allreduce", "ps"):
         check_job(load_config(None, [f"mode='{mode}'", "model.name='linear'"]), info, None, 1)
-    for bad, needle in (("data.placement='storage'", "data.placement = 'storage'"),
+    for bad, needle in (("data.standardize=true", "data.standardize = true"),
                         ("model.name='mlp'", "model.name = 'mlp'"),
                         ("optimizer.name='adamw'", "optimizer.name = 'adamw'")):
         cfg = load_config(None, ["model.name='linear'", bad])

@@ -30,7 +30,7 @@ from mpisgd.modes.ps.server import Server
 from mpisgd.modes.ps.sparse_server import SparseServer
 from mpisgd.modes.ps.sparse_worker import SparseWorker
 from mpisgd.modes.ps.worker import Worker
-from mpisgd.modes.sparse import SparseRowBatches
+from mpisgd.modes.sparse_chunks import make_sparse_batches
 from mpisgd.optim import slice_state
 from mpisgd.report.memory import node_memory
 
@@ -50,7 +50,7 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     t_train = time.perf_counter()
     group, pushers = node_groups(ctx, theta)
     if ctx.sparse:
-        plan = SparseRowBatches(ctx, make_plan(ctx))
+        plan = make_sparse_batches(ctx, make_plan(ctx))
         ctx.capacity = _capacity(world, plan)
     else:
         plan = make_batches(ctx, make_plan(ctx))
@@ -174,7 +174,7 @@ def _finish(ctx: Context, theta: np.ndarray, mine: np.ndarray, ranges: list[tupl
     return out, counters
 
 
-def _capacity(world: MPI.Intracomm, plan: SparseRowBatches) -> tuple[int, int]:
+def _capacity(world: MPI.Intracomm, plan) -> tuple[int, int]:
     """Collective: (most keys a sparse push carries, most it pulls), bounded over every
     worker, so each server's buffers hold any worker's message."""
     most = world.allreduce(plan.max_keys(), op=MPI.MAX)

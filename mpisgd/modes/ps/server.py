@@ -356,12 +356,17 @@ class Server:
         by the timeout is answered with stop and evicted (it leaves the job)."""
         for i in done:
             if i in self.policy.dead:
-                out = self.outbox[i]
-                out.ints[H_VERSION], out.ints[H_FLAGS] = self.policy.version, F_STOP | F_EVICTED
-                self.ctx.topo.world.Isend(out.spec, self.workers[i], TAG_REPLY)
+                self._evict(i)
             else:
                 self.deaths.pushed(i)
         return [i for i in done if i not in self.policy.dead]
+
+    def _evict(self, i: int) -> None:
+        """Answer a push of a worker declared dead: it was evicted (it then leaves)."""
+        out = self.outbox[i]
+        out.ints[H_VERSION], out.ints[H_FLAGS] = self.policy.version, F_STOP | F_EVICTED
+        spec = out.send_spec() if hasattr(out, "send_spec") else out.spec   # sparse: filled
+        self.ctx.topo.world.Isend(spec, self.workers[i], TAG_REPLY)
 
     def drop(self, i: int, cause: str, how: str) -> None:
         """Worker i died: go on without it (see modes.ps.deaths)."""

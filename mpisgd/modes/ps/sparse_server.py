@@ -103,6 +103,39 @@ class SparseServer(Server):
             self.samples += count
         self.log.add(loss_sum, count)
 
+    def _evict(self, i: int) -> None:
+        self._pull_list(i)   # the worker waits until its message of keys is taken
+        self.outbox[i].fill(self.inbox[i].pull()[:0], self.inbox[i].pull()[:0],
+                            self.theta[:0])
+        super()._evict(i)
+
+    def _pull_list(self, i: int) -> np.ndarray:
+        """The keys worker i's push asks for: in the push, or in the message after it."""
+        pull = self.inbox[i].pull()
+        if self.inbox[i].ints[H_FLAGS] & F_PULL_NEXT:   # the keys follow the push
+            box = self.pullbox[i]
+            self._receive_serving(self.ctx.topo.world.Irecv(box.spec, self.workers[i],
+                                                            TAG_PULL))
+            self.inbox[i].ints[H_FLAGS] &= ~F_PULL_NEXT   # taken once
+            self.counters["bytes_received"] += box.nbytes
+            pull = box.pull()
+        return pull
+
+    def _receive_serving(self, request) -> None:
+        """Wait for ``request``, answering data requests meanwhile (server placement):
+        the worker may be finding those keys in chunks it is still fetching from this
+        server, or from another one that waits for that worker's keys in turn."""
+        if self.data is None:
+            request.Wait()
+            return
+        while True:
+            done = self.poller.wait_some([request] + self.data.recvs)
+            for k in done:
+                if k > 0:
+                    self.data.serve(k - 1)
+            if 0 in done:
+                return
+
     def _send(self, i: int, stop: bool) -> None:
         """Reply with the parameters of the keys worker i's push asked for."""
         interrupted = self.policy.interrupted
@@ -110,13 +143,7 @@ class SparseServer(Server):
         out = self.outbox[i]
         out.ints[H_VERSION] = self.policy.version
         out.ints[H_FLAGS] = (F_STOP if stop else 0) | (F_INTERRUPTED if interrupted else 0)
-        pull = self.inbox[i].pull()
-        if self.inbox[i].ints[H_FLAGS] & F_PULL_NEXT:   # the keys follow the push
-            box = self.pullbox[i]
-            self.ctx.topo.world.Recv(box.spec, self.workers[i], TAG_PULL)
-            self.inbox[i].ints[H_FLAGS] &= ~F_PULL_NEXT   # answered once
-            self.counters["bytes_received"] += box.nbytes
-            pull = box.pull()
+        pull = self._pull_list(i)
         out.fill(pull[:0], pull[:0], self.theta[pull - self.lo])
         self.sends[i] = self.ctx.topo.world.Isend(out.send_spec(), self.workers[i], TAG_REPLY)
         self.counters["bytes_sent"] += out.nbytes

@@ -14,6 +14,7 @@ import numpy as np
 from mpi4py import MPI
 
 from mpisgd.comm.p2p import (
+    F_EVICTED,
     F_INTERRUPTED,
     F_LAST,
     F_PULL,
@@ -125,6 +126,8 @@ class SparseWorker(Worker):
 
     def _replies(self, pull: np.ndarray, cut_p: np.ndarray) -> tuple[int, bool, bool]:
         """Write the pulled values into the parameters; (version, stop, interrupted)."""
+        if any(reply.ints[H_FLAGS] & F_EVICTED for reply in self.reply):
+            self._evicted()
         stops = [bool(reply.ints[H_FLAGS] & F_STOP) for reply in self.reply]
         if any(stops) and not all(stops):
             self._leave([i for i, s in enumerate(stops) if not s])
