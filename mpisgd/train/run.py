@@ -58,10 +58,12 @@ def run(cfg: JobConfig, topo: Topology, resume: str | None = None,
     check_majority(ctx, theta, final)
     ctx.timers["eval"] = eval_before + time.perf_counter() - t_eval
     ctx.timeline.add("eval", t_eval, time.perf_counter())
+    t_tail = time.perf_counter()   # two small collectives: waiting for the others
     reports = topo.world.gather(ctx.data_report, root=0)
     if reports is not None and ctx.cfg.data.placement != "partition":
         final["data_io"] = data_io_summary(reports, ctx.roles.workers)
     summary = _summary(ctx, stats, final)
+    ctx.timers["comm"] += time.perf_counter() - t_tail
     model_path = _save(ctx, theta, timeline)
     # The cost report closes the wall clock: everything above is inside some category.
     summary["wall_time_s"] = wall = time.perf_counter() - t_start

@@ -49,8 +49,9 @@ MODES = {
 }
 ALL = ("ar-flat", "ar-hier", "ps-bsp", "ps-asp", "ps-ssp")
 # Sparse jobs run the scenarios whose code paths they change: the step (kernel, NaN), the
-# exchange (a rank killed or signalled mid-step, a missing worker), the sharded
-# checkpoint of a sparse optimizer's state; input checks are the dense ones.
+# exchange (a worker or a server killed mid-step), the checkpoints of a sparse optimizer's
+# state (replicated: a full disk; sharded: a torn newest one); input checks, signals and
+# stalls go through the dense code.
 SPARSE = ("ar-sparse", "ps-sparse")
 AR = ("ar-flat", "ar-hier")
 PS = ("ps-bsp", "ps-asp", "ps-ssp")
@@ -209,12 +210,12 @@ SCENARIOS = [
     Scenario("kernel-exception-step-1", ("ar-flat", "ps-asp"),
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=1"),
              code=1, says=("injected failure in the gradient kernel at step 1",), rank=WORKER),
-    Scenario("kernel-exception-step-50", ALL + SPARSE,
+    Scenario("kernel-exception-step-50", ALL + ("ps-sparse",),
              sets(f"debug.fail_rank={WORKER}", "debug.fail_step=50"),
              code=1, says=("injected failure in the gradient kernel at step 50",), rank=WORKER),
     Scenario("sigkill-worker", ALL + ("ps-sparse",), SLOW, action=f"kill:{WORKER}", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
-    Scenario("sigkill-server", PS + ("ps-sparse",), SLOW, action=f"kill:{SERVER}", code=None,
+    Scenario("sigkill-server", PS, SLOW, action=f"kill:{SERVER}", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
     Scenario("sigkill-rank-0", ALL, SLOW, action="kill:0", code=None,
              says=("died of signal 9 (SIGKILL)",), resume=True),
@@ -224,7 +225,7 @@ SCENARIOS = [
     # later and exits 1 without forwarding their last lines (measured with 5.0.11; the
     # README's exit-code table): the checkpoint written by then, or the one before,
     # resumes. (SIGUSR1 to mpirun, what slurm/train.sbatch sends, exits 75.)
-    Scenario("sigterm-whole-job", ALL + ("ps-sparse",), SLOW, action="term", code=75,
+    Scenario("sigterm-whole-job", ALL, SLOW, action="term", code=75,
              says=("mpisgd: stopped: stopped by a signal", "--resume auto"), resume=True,
              open_mpi={"code": 1, "says": ()}),
     # That race made certain: one server alone gets the signal, the other learns of it
@@ -235,7 +236,7 @@ SCENARIOS = [
     Scenario("rank-slower-than-step-timeout", PATHS,
              sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=600000", "train.step_timeout=2"),
              code=3, says=("longer than train.step_timeout = 2 s",), rank=WORKER),
-    Scenario("worker-missing-at-ps-stall-abort", PS + ("ps-sparse",),
+    Scenario("worker-missing-at-ps-stall-abort", PS,
              sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=600000", "train.step_timeout=0",
                   "ps.stall_timeout=1", "ps.stall_abort=3"),
              code=3, says=(f"for worker rank(s) [{WORKER}]", "giving up after ps.stall_abort")),

@@ -54,6 +54,8 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
         ctx.capacity = _capacity(world, plan)
     else:
         plan = make_batches(ctx, make_plan(ctx))
+    # Node groups and the plan: collectives in which ranks wait for the slowest's start.
+    ctx.timers["setup"] += time.perf_counter() - t_train
     if len(pushers) <= ctx.cfg.ps.backup_workers:   # the same list on every rank
         raise ConfigError(f"ps.backup_workers = {ctx.cfg.ps.backup_workers} must be smaller "
                           f"than the number of ranks that push gradients ({len(pushers)}: "
@@ -133,7 +135,9 @@ def _serve(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], serve
     if isinstance(watch, FailureWatch):
         server.deaths = Deaths(server, watch, per_epoch)
     ctx.timers["setup"] += time.perf_counter() - t_init
+    t_mem = time.perf_counter()   # a collective: waits for the workers' set-up
     memory = node_memory(ctx.topo, server.held_bytes())
+    ctx.timers["setup"] += time.perf_counter() - t_mem
     stats = server.run()
     if ctx.cfg.debug.trace_rows and not isinstance(watch, FailureWatch):
         write_trace(ctx, [])   # collective: servers take part with no rows
@@ -145,7 +149,9 @@ def _work(ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]], start_
     """Worker ranks only: (statistics, an empty slice, memory report)."""
     worker = (SparseWorker(ctx, theta, ranges, start_step, plan, ctx.capacity) if ctx.sparse
               else Worker(ctx, theta, ranges, start_step, plan, group))
+    t_mem = time.perf_counter()   # a collective: waits for the servers' set-up
     memory = node_memory(ctx.topo, worker.held_bytes())
+    ctx.timers["setup"] += time.perf_counter() - t_mem
     stats = worker.run()
     if group is not None:
         group.free()
