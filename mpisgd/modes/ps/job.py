@@ -48,14 +48,7 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     ranges = [key_range(ctx.n_params, n_servers, s) for s in range(n_servers)]
     server_comm = world.Split(0 if roles.is_server(rank) else MPI.UNDEFINED, rank)
     t_train = time.perf_counter()
-    group, pushers = node_groups(ctx, theta)
-    if ctx.sparse:
-        plan = make_sparse_batches(ctx, make_plan(ctx))
-        ctx.capacity = _capacity(world, plan)
-    else:
-        plan = make_batches(ctx, make_plan(ctx))
-    # Node groups and the plan: collectives in which ranks wait for the slowest's start.
-    ctx.timers["setup"] += time.perf_counter() - t_train
+    group, pushers, plan = _prepare(ctx, theta)
     if len(pushers) <= ctx.cfg.ps.backup_workers:   # the same list on every rank
         raise ConfigError(f"ps.backup_workers = {ctx.cfg.ps.backup_workers} must be smaller "
                           f"than the number of ranks that push gradients ({len(pushers)}: "
@@ -97,6 +90,20 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
         out["ps"]["pushers"] = list(pushers)
         out["memory"] = memory
     return out
+
+
+def _prepare(ctx: Context, theta: np.ndarray):
+    """Collective: (node group, the ranks that push, the batches). Its collectives wait
+    for the slowest rank's start: counted as set-up."""
+    t0 = time.perf_counter()
+    group, pushers = node_groups(ctx, theta)
+    if ctx.sparse:
+        plan = make_sparse_batches(ctx, make_plan(ctx))
+        ctx.capacity = _capacity(ctx.topo.world, plan)
+    else:
+        plan = make_batches(ctx, make_plan(ctx))
+    ctx.timers["setup"] += time.perf_counter() - t0
+    return group, pushers, plan
 
 
 def _failure_watch(ctx: Context) -> FailureWatch:
