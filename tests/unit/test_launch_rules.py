@@ -1,6 +1,8 @@
 """The pure parts of ``mpisgd launch``: each attempt's arguments, the exit codes worth a
 relaunch, the fewer-ranks rule, the failing ranks read from stderr, and the launcher
-flags (keep-alive and --oversubscribe) per MPI."""
+flags (keep-alive and --oversubscribe) per MPI. Nothing here starts a process: the
+mpiexec command lines are only built and compared (no timeout needed; the launches
+themselves are tests/launch/test_relaunch.py's, each under one)."""
 
 from __future__ import annotations
 
