@@ -1,4 +1,7 @@
-"""The environment a rank sets before MPI and NumPy start (mpisgd.runtime.launch_env)."""
+"""The environment a rank sets before MPI and NumPy start (mpisgd.runtime.launch_env).
+
+No launcher is started here (the launchers' names and variables are stand-ins), so no
+timeout is needed."""
 
 from __future__ import annotations
 

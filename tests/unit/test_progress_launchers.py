@@ -1,6 +1,9 @@
 """Progress "auto" under each launcher (mpisgd.runtime.progress): decided by where the
 launcher writes, never by the rank's own stdout, which Open MPI makes a pty even when
-mpirun writes to a file; and a bar drawn on such a pty (0 rows, 0 columns) shows."""
+mpirun writes to a file; and a bar drawn on such a pty (0 rows, 0 columns) shows.
+
+No launcher is started here (the launchers' processes are stand-in /proc entries), so
+no timeout is needed."""
 
 from __future__ import annotations
 
