@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from launch.procs import kill_job
+from pool_server import wake
 
 SERVER = str(Path(__file__).with_name("pool_server.py"))
 
@@ -49,6 +50,7 @@ class PoolWorld:
         tmp = self.control / f"job-{k}.tmp"
         tmp.write_text(json.dumps({"argv": args, "cwd": cwd}))
         tmp.rename(self.control / f"job-{k}.json")
+        wake(self.control, self.n)
         result = self.control / f"result-{k}.json"
         deadline = time.monotonic() + timeout
         code = None
@@ -78,6 +80,7 @@ class PoolWorld:
     def stop(self) -> None:
         """Ask the world to end after its current job (see :meth:`close`)."""
         (self.control / "stop").touch()
+        wake(self.control, self.n)
 
     def close(self, timeout: float = 20.0) -> None:
         if self.alive:

@@ -247,9 +247,10 @@ class PSConfig(Section):
                                 "a worker's death ends the job (abort), or the servers drop "
                                 "it and training goes on with the others (continue; needs "
                                 "a launcher that keeps the job alive, see docs/reliability.md)")
-    dead_after: float = _f(10.0, POS, "continue: a worker that has not pushed for this long "
-                                      "while every other one has is declared dead (when no "
-                                      "supervisor reported its death sooner)")
+    dead_after: float = _f(10.0, POS, "continue: a worker that has pushed before but not "
+                                      "for this long since its last answer, while others "
+                                      "wait on it, is declared dead (when no supervisor "
+                                      "reported its death sooner)")
 
 
 @dataclass

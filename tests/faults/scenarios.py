@@ -238,7 +238,7 @@ SCENARIOS = [
              code=3, says=("longer than train.step_timeout = 2 s",), rank=WORKER),
     Scenario("worker-missing-at-ps-stall-abort", PS,
              sets(f"debug.slow_rank={WORKER}", "debug.slow_ms=600000", "train.step_timeout=0",
-                  "ps.stall_timeout=1", "ps.stall_abort=3"),
+                  "ps.stall_timeout=0.5", "ps.stall_abort=2"),
              code=3, says=(f"for worker rank(s) [{WORKER}]", "giving up after ps.stall_abort")),
     # -- reads during training (workers read storage) ---------------------------------------
     Scenario("read-fault-retried", READS,

@@ -130,7 +130,7 @@ def test_default_job_on_8_tasks_matches_mpiexec(sbatch, tmp_path, default_refere
     assert "8 rank(s) on 1 node(s)" in job.log
 
 
-REQUEUE_JOB = SMALL + ["--set", "train.epochs=12", "--set", "checkpoint.every_steps=20",
+REQUEUE_JOB = SMALL + ["--set", "train.epochs=6", "--set", "checkpoint.every_steps=10",
                        "--set", "optimizer.momentum=0.9"]
 
 
@@ -145,7 +145,7 @@ def requeue_reference(launch, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_usr1_checkpoints_requeues_and_resumes_bitwise(sbatch, requeue_reference, tmp_path,
                                                        launcher):
-    # 20 ms per step on rank 1 (so on everyone): ~6 s of training, the signal lands mid-run.
+    # 20 ms per step on rank 1 (so on everyone): ~3 s of training, the signal lands mid-run.
     slow = ["--set", "debug.slow_rank=1", "--set", "debug.slow_ms=20"]
     sub = tmp_path / "sub"
     t0 = time.monotonic()

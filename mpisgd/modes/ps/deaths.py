@@ -2,10 +2,12 @@
 
 A worker is declared dead when its supervisor's notice arrives (``comm.failures``:
 within a tenth of a second of the death) or, when no notice comes (a node gone, a hung
-process), when it has not pushed for ``ps.dead_after`` seconds while another live worker
-waits on it. The server then drops it (``Server.drop``): the policy stops expecting it,
-its receive is cancelled, nothing more is sent to it, and under balanced assignment
-server rank 0 hands the chunks it took but never had applied to the others.
+process), when it has not pushed for ``ps.dead_after`` seconds since the server last
+answered it (a worker the server holds is waiting, not hung; one that has not pushed
+yet is starting, not hung) while another live worker waits on it. The server then drops
+it (``Server.drop``): the policy stops expecting it, its receive is cancelled, nothing
+more is sent to it, and under balanced assignment server rank 0 hands the chunks it
+took but never had applied to the others.
 
 A worker declared dead by the timeout may still be alive (a long stall): its receive
 stays posted, and should a push come after all, the answer says it was evicted, and
@@ -30,7 +32,11 @@ class Deaths:
         n = len(server.workers)
         start = server.policy.version
         self.applied = [start - 1] * n      # the last step of each worker applied here
-        self.last_push = [time.monotonic()] * n
+        self.silent_since = [time.monotonic()] * n
+        # Before its first push a worker is starting (compiling kernels on a cold numba
+        # cache, reading its data: seconds on a loaded node): the timeout spares it, and
+        # only its supervisor's notice or ps.stall_abort ends a start that never finishes.
+        self.started = [False] * n
         self.evicted: set[int] = set()       # declared by the timeout: may come back
         self.records: list[dict] = []
         self.t0 = time.monotonic()
@@ -39,7 +45,12 @@ class Deaths:
         self.noticed: float | None = None   # the wall time of the notice being handled
 
     def pushed(self, i: int) -> None:
-        self.last_push[i] = time.monotonic()
+        self.silent_since[i] = time.monotonic()
+        self.started[i] = True
+
+    def expecting(self, i: int) -> None:
+        """The server answered worker i and now waits for its next push."""
+        self.silent_since[i] = time.monotonic()
 
     def applied_step(self, i: int, step: int) -> None:
         self.applied[i] = max(self.applied[i], step)
@@ -64,11 +75,13 @@ class Deaths:
         waiting = set(getattr(policy, "waiting", ()))
         blocked = [i for i in live if policy.held[i] or policy.stopped[i] or i in waiting]
         for i in policy.missing():
-            if (i not in policy.dead and now - self.last_push[i] >= self.dead_after
+            if (i not in policy.dead and self.started[i]
+                    and now - self.silent_since[i] >= self.dead_after
                     and any(j != i for j in blocked)):
                 self.evicted.add(i)
-                server.drop(i, f"no push for {now - self.last_push[i]:.1f} s while the "
-                               f"others waited (ps.dead_after = {self.dead_after:g} s)",
+                server.drop(i, f"no push for {now - self.silent_since[i]:.1f} s since its "
+                               f"last answer while the others waited "
+                               f"(ps.dead_after = {self.dead_after:g} s)",
                             "timeout")
 
     def record(self, i: int, cause: str, how: str, queued: int, lost: int) -> dict:

@@ -349,6 +349,10 @@ class Server:
         if not self.policy.stopped[i]:
             self.recvs[i] = self.ctx.topo.world.Irecv(self.inbox[i].spec, self.workers[i],
                                                       TAG_PUSH)
+        if self.deaths is not None:
+            # its silence counts from now: a worker held while another was late has not
+            # pushed for as long, but it was waiting on us, not hung
+            self.deaths.expecting(i)
 
     # -- going on through a worker's death (modes.ps.deaths) -----------------------------
     def _heard(self, done: list[int]) -> list[int]:
