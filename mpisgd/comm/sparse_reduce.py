@@ -8,6 +8,10 @@ PyTorch's sparse allreduce face the same choice). ``method = "auto"`` decides pe
 the ranks' key counts, which every rank learns first (one small allgather that also
 carries the step's loss, rows and votes), so every rank takes the same path.
 
+With ``comm.compression`` (a :class:`~mpisgd.comm.sparse_compress.SparseCompression`)
+every step gathers pairs: each rank's keys, and its values compressed; a dense Allreduce
+cannot carry compressed values.
+
 Both paths give every rank the same result: the pairs are summed per key in rank order
 (a k-way merge, :mod:`mpisgd.kernels.merge`), and MPI's Allreduce gives every rank the
 same vector. The keys of the result are those whose summed gradient is non-zero, in both
@@ -19,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from mpisgd.comm.sparse_compress import SparseCompression
 from mpisgd.kernels.merge import merge_runs
 
 METHODS = ("auto", "dense", "pairs")
@@ -30,7 +35,8 @@ class SparseReducer:
     ``head``: a few float64 values per rank summed alongside (loss, rows, votes).
     """
 
-    def __init__(self, comm: MPI.Intracomm, width: int, dtype, method: str, n_head: int):
+    def __init__(self, comm: MPI.Intracomm, width: int, dtype, method: str, n_head: int,
+                 compression: SparseCompression | None = None):
         if method not in METHODS:
             raise ValueError(f"The 'method' argument of SparseReducer must be one of "
                              f"{METHODS}. Got {method!r} instead.")
@@ -42,15 +48,20 @@ class SparseReducer:
         self._dense: np.ndarray | None = None   # made on the first dense step
         self.sent = 0                           # bytes this rank sent, all steps
         self.steps = {"pairs": 0, "dense": 0}
-        self.residual = None                    # no error feedback (compression is dense-only)
+        self.compression = compression
+        # the error-feedback residual (checkpointed by the runner, as in dense jobs)
+        self.residual = compression.residual if compression is not None else None
 
     def dense_bytes(self) -> int:
         """Bytes one rank sends in a dense step (a ring Allreduce's payload)."""
         return self.width * self.dtype.itemsize
 
-    def __call__(self, keys: np.ndarray, vals: np.ndarray, head: np.ndarray):
+    def __call__(self, keys: np.ndarray, vals: np.ndarray, head: np.ndarray, step: int = 0):
         """(summed keys, their summed values, summed head) from this rank's sorted unique
         int64 ``keys``, their ``vals`` and its ``head``; the same on every rank."""
+        payload = None
+        if self.compression is not None:
+            keys, payload = self.compression.compress(keys, vals, step)
         self._mine[0] = keys.size
         self._mine[1:] = head
         if self.size == 1:
@@ -60,6 +71,9 @@ class SparseReducer:
             self.sent += self._mine.nbytes
         counts = self._heads[:, 0].astype(np.int64)
         total_head = self._heads[:, 1:].sum(axis=0)   # rank order: the same everywhere
+        if payload is not None:
+            self.steps["pairs"] += 1
+            return (*self._gather_compressed(keys, payload, counts, step), total_head)
         if self.size == 1:
             keep = vals != 0
             return keys[keep], vals[keep], total_head
@@ -85,6 +99,29 @@ class SparseReducer:
         self.comm.Allgatherv(vals, [all_vals, counts, displs, _mpi_type(self.dtype)])
         self.sent += keys.nbytes + vals.nbytes
         return merge_runs(all_keys, all_vals, counts)   # rank order within a key
+
+    def _gather_compressed(self, keys, payload, counts, step):
+        """Every rank's keys and compressed values, decoded and summed per key."""
+        comp = self.compression
+        sizes = np.array([comp.payload_bytes(int(c)) for c in counts], dtype=np.int64)
+        n = int(counts.sum())
+        all_keys = np.empty(n, dtype=np.int64)
+        data = np.empty(int(sizes.sum()), dtype=np.uint8)
+        if self.size == 1:
+            all_keys[:], data[:] = keys, payload
+        else:
+            displs = np.concatenate(([0], np.cumsum(counts)[:-1]))
+            self.comm.Allgatherv(keys, [all_keys, counts, displs, MPI.INT64_T])
+            bdispls = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+            self.comm.Allgatherv(payload, [data, sizes, bdispls, MPI.BYTE])
+            self.sent += keys.nbytes + payload.nbytes
+        at = np.concatenate(([0], np.cumsum(sizes)))
+        all_vals = np.concatenate(
+            [comp.decode(data[at[r]:at[r + 1]], int(counts[r]), step)
+             for r in range(self.size)]) if n else np.empty(0, dtype=self.dtype)
+        keys, vals = merge_runs(all_keys, all_vals.astype(self.dtype, copy=False), counts)
+        keep = vals != 0
+        return keys[keep], vals[keep]
 
     def _allreduce(self, keys, vals):
         if self._dense is None:

@@ -47,7 +47,7 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
         shared = reduce.window is not None and not local_sgd
         with NodeParams(ctx, theta, shared, opt_state) as params:
             if residuals is not None and reduce.residual is not None:
-                _load_residual(reduce.residual, residuals, ctx.topo)
+                load_residual(reduce.residual, residuals, ctx.topo)
             with Averager(ctx, params) if local_sgd else nullcontext() as averager:
                 held = params.held_bytes()
                 held["buffers"] = buf.nbytes + reduce.window_bytes + (
@@ -78,7 +78,7 @@ def split_residuals(state: dict | None) -> tuple[dict | None, np.ndarray | None]
     return rest, state["ef_residual"]
 
 
-def _load_residual(residual: np.ndarray, saved: np.ndarray, topo: Topology) -> None:
+def load_residual(residual: np.ndarray, saved: np.ndarray, topo: Topology) -> None:
     """This rank's residual from a checkpoint's (one row per rank of the saving run). At
     another world size rows cannot be matched to ranks; rank 0 takes their sum, so the
     gradient mass not yet sent is kept, only its split between ranks changes."""

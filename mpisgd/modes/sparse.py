@@ -11,7 +11,8 @@ width. The step loop, epochs, checkpoints and signals are allreduce mode's
 small allgather of every step.
 
 Regularisation is lazy, as in every sparse trainer: the L2 term and the L1 shrinkage
-apply to the weights a step touches (docs/sparse.md).
+apply to the weights a step touches (docs/sparse.md). ``comm.compression`` compresses
+each rank's values, with lazy error feedback (:mod:`mpisgd.comm.sparse_compress`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import time
 
 import numpy as np
 
+from mpisgd.comm.sparse_compress import SparseCompression
 from mpisgd.comm.sparse_reduce import SparseReducer
 from mpisgd.comm.watchdog import StepWatchdog
 from mpisgd.context import Context
+from mpisgd.modes.allreduce import load_residual, split_residuals
 from mpisgd.modes.common import check_finite, make_plan
 from mpisgd.modes.runner import LOSS, ROWS, TAIL, Exchanged, Runner
 from mpisgd.modes.sparse_chunks import make_sparse_batches
@@ -84,7 +87,7 @@ class SparseSyncRunner(Runner):
         keys, vals = self.plan.last
         t1 = time.perf_counter()
         self.dog.waiting(step, "the sparse gradient exchange")
-        keys, vals, tail[:] = self.reduce(keys, vals, tail)
+        keys, vals, tail[:] = self.reduce(keys, vals, tail, step)
         self.dog.idle()
         t2 = time.perf_counter()
         count = float(tail[ROWS])
@@ -108,10 +111,16 @@ class SparseSyncRunner(Runner):
 
     def strategy_stats(self, sent: int) -> dict:
         steps = max(1, sum(self.reduce.steps.values()))
-        return {"sparse": {"exchange": self.reduce.method, "steps": dict(self.reduce.steps),
-                           "keys_per_step": self.keys_total / steps,
-                           "bytes_per_step_sent": sent / steps,
-                           "bytes_per_step_dense": self.reduce.dense_bytes()}}
+        out = {"sparse": {"exchange": self.reduce.method, "steps": dict(self.reduce.steps),
+                          "keys_per_step": self.keys_total / steps,
+                          "bytes_per_step_sent": sent / steps,
+                          "bytes_per_step_dense": self.reduce.dense_bytes()}}
+        comm = self.cfg.comm
+        if comm.compression != "none":
+            out["compression"] = {"scheme": comm.compression,
+                                  "error_feedback": comm.error_feedback,
+                                  "bytes_per_step_sent": sent / steps}
+        return out
 
 
 def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
@@ -119,9 +128,21 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     """Collective over the world: train the sparse model ``theta`` in place (see
     :func:`mpisgd.modes.allreduce.fit`)."""
     buf = np.zeros(TAIL, dtype=np.float64)   # the runner's tail; no dense gradient buffer
-    reduce = SparseReducer(ctx.topo.world, ctx.n_params, ctx.dtype, ctx.cfg.comm.sparse, TAIL)
+    opt_state, residuals = split_residuals(opt_state)
+    comm = ctx.cfg.comm
+    compression = None
+    if comm.compression != "none":
+        compression = SparseCompression(comm.compression, ctx.n_params, ctx.dtype,
+                                        comm.topk_ratio, ctx.cfg.train.seed, ctx.topo.rank,
+                                        comm.error_feedback)
+    reduce = SparseReducer(ctx.topo.world, ctx.n_params, ctx.dtype, comm.sparse, TAIL,
+                           compression)
+    if residuals is not None and reduce.residual is not None:
+        load_residual(reduce.residual, residuals, ctx.topo)
     params = SparseParams(ctx, theta, opt_state)
-    memory = node_memory(ctx.topo, {**params.held_bytes(), "buffers": reduce.dense_bytes()})
+    buffers = reduce.dense_bytes() + (reduce.residual.nbytes if reduce.residual is not None
+                                      else 0)
+    memory = node_memory(ctx.topo, {**params.held_bytes(), "buffers": buffers})
     plan = make_sparse_batches(ctx, make_plan(ctx))
     with StepWatchdog(ctx.cfg.train.step_timeout) as dog:
         stats = _run(ctx, params, buf, reduce, plan, dog, start_step)
