@@ -51,7 +51,11 @@ class Message:
 
 # A sparse message's header: the push/reply slots above, then three counts.
 H_NVALS, H_NKEYS, H_NPULL = 5, 6, 7
-SPARSE_HEADER_SLOTS = 8
+H_NBYTES = 8   # sparse push under comm.compression: the bytes encoding its H_NVALS values
+SPARSE_HEADER_SLOTS = 9
+# Room past the values for an encoding longer than the values it encodes (fp16's scale
+# and sign's rounding on a push of one to three keys).
+ENCODING_SLACK = 16
 
 
 class SparseMessage:
@@ -66,7 +70,7 @@ class SparseMessage:
         self.dtype = np.dtype(dtype)
         self.head = SPARSE_HEADER_SLOTS * 8
         self.raw = np.zeros(self.head + 8 * (max_keys + max_pull)
-                            + max_vals * self.dtype.itemsize, dtype=np.uint8)
+                            + max_vals * self.dtype.itemsize + ENCODING_SLACK, dtype=np.uint8)
         self.ints = self.raw[:self.head].view(np.int64)
         self.floats = self.raw[:self.head].view(np.float64)
         self.spec = [self.raw, MPI.BYTE]   # to receive into: the whole capacity
@@ -76,20 +80,41 @@ class SparseMessage:
                    int(self.ints[H_NVALS]))
         a = self.head + 8 * k
         b = a + 8 * p
-        return a, b, b + v * self.dtype.itemsize, v
+        encoded = int(self.ints[H_NBYTES])
+        return a, b, b + (encoded if encoded else v * self.dtype.itemsize), v
 
     def fill(self, keys: np.ndarray, pull: np.ndarray, vals: np.ndarray) -> None:
         """Set the three arrays (and their counts); the header's other slots are kept."""
+        self._place(keys, pull, vals.size, 0)
+        _, b, c, _ = self._bounds()
+        self.raw[b:c].view(self.dtype)[:] = vals
+
+    def fill_encoded(self, keys: np.ndarray, pull: np.ndarray, n_vals: int,
+                     payload: np.ndarray) -> None:
+        """As :meth:`fill`, with the ``n_vals`` values as a compressed ``payload`` (uint8;
+        :mod:`mpisgd.comm.sparse_compress`)."""
+        self._place(keys, pull, n_vals, payload.nbytes)
+        _, b, c, _ = self._bounds()
+        self.raw[b:c] = payload
+
+    def _place(self, keys: np.ndarray, pull: np.ndarray, n_vals: int, n_bytes: int) -> None:
         self.ints[H_NKEYS], self.ints[H_NPULL], self.ints[H_NVALS] = (keys.size, pull.size,
-                                                                      vals.size)
+                                                                      n_vals)
+        self.ints[H_NBYTES] = n_bytes
         a, b, c, _ = self._bounds()
         if c > self.raw.size:
             raise ValueError(f"a sparse message of {keys.size} keys, {pull.size} pulls and "
-                             f"{vals.size} values exceeds its capacity of {self.raw.size} "
-                             f"bytes")
+                             f"{n_vals} values exceeds its capacity of {self.raw.size} bytes")
         self.raw[self.head:a].view(np.int64)[:] = keys
         self.raw[a:b].view(np.int64)[:] = pull
-        self.raw[b:c].view(self.dtype)[:] = vals
+
+    def encoded(self) -> bool:
+        return bool(self.ints[H_NBYTES])
+
+    def payload(self) -> np.ndarray:
+        """The values' bytes, as sent (compressed when :meth:`encoded`)."""
+        _, b, c, _ = self._bounds()
+        return self.raw[b:c]
 
     def keys(self) -> np.ndarray:
         a, _, _, _ = self._bounds()
@@ -100,6 +125,7 @@ class SparseMessage:
         return self.raw[a:b].view(np.int64)
 
     def vals(self) -> np.ndarray:
+        """The values (of a message that is not :meth:`encoded`)."""
         _, b, c, _ = self._bounds()
         return self.raw[b:c].view(self.dtype)
 

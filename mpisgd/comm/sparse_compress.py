@@ -50,6 +50,8 @@ class SparseCompression:
                  ) -> tuple[np.ndarray, np.ndarray]:
         """(the keys sent, the payload: uint8) for this rank's sorted unique ``keys`` and
         their ``vals``; the residual keeps what the payload drops."""
+        if keys.size == 0:   # nothing to send (payload_bytes(0) == 0 for every scheme)
+            return keys, np.empty(0, dtype=np.uint8)
         g = vals.astype(self.dtype, copy=True)
         if self.residual is not None:
             g += self.residual[keys]
@@ -63,12 +65,11 @@ class SparseCompression:
             return sent_keys, payload
         codec = make_codec(self.scheme, keys.size, self.dtype, self.ratio, self.seed)
         payload = np.empty(codec.nbytes, dtype=np.uint8)
-        if keys.size:
-            codec.encode(g, step, payload)
-            if self.residual is not None:
-                decoded = np.empty_like(g)
-                codec.decode(payload, step, decoded)
-                self.residual[keys] = g - decoded
+        codec.encode(g, step, payload)
+        if self.residual is not None:
+            decoded = np.empty_like(g)
+            codec.decode(payload, step, decoded)
+            self.residual[keys] = g - decoded
         return keys, payload
 
     def decode(self, payload: np.ndarray, m: int, step: int) -> np.ndarray:

@@ -36,9 +36,6 @@ def check_sparse_job(cfg: JobConfig, info: DatasetInfo) -> None:
                                "dense; hashed and count features are used as they are)"),
         (cfg.train.sync_every > 1, "train.sync_every > 1 (local SGD averages whole "
                                    "vectors; use synchronous steps)"),
-        (cfg.mode == "ps" and cfg.comm.compression != "none",
-         f"comm.compression = '{cfg.comm.compression}' in ps mode (sparse pushes send "
-         f"their keys' values as they are; compression works in allreduce mode)"),
         (cfg.optimizer.name == "adamw", "optimizer.name = 'adamw' (its decay touches every "
                                         "weight; use adam with model.l2)"),
     ]

@@ -82,7 +82,9 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
         ctx.counters[key] += stats[key]
     out, counters = _finish(ctx, theta, mine, ranges, stats, start_step, t_train)
     if ctx.cfg.comm.compression != "none":
-        out["compression"] = _compression(ctx, ranges, theta.itemsize)
+        out["compression"] = (   # sparse: the bytes per step are in out["sparse"]
+            {"scheme": ctx.cfg.comm.compression, "error_feedback": ctx.cfg.comm.error_feedback}
+            if ctx.sparse else _compression(ctx, ranges, theta.itemsize))
     if rank == 0:
         out["ps"] = _summarise(counters, roles, ctx.cfg.ps)
         if ctx.sparse:

@@ -18,11 +18,14 @@ from mpisgd.comm.p2p import (
     F_PULL_NEXT,
     F_STOP,
     H_FLAGS,
+    H_NVALS,
+    H_STEP,
     H_VERSION,
     TAG_PULL,
     TAG_REPLY,
     SparseMessage,
 )
+from mpisgd.comm.sparse_compress import SparseCompression
 from mpisgd.kernels.merge import merge_runs
 from mpisgd.modes.common import check_finite
 from mpisgd.modes.ps.server import Server
@@ -58,7 +61,10 @@ class SparseServer(Server):
     def _make_boxes(self) -> None:
         push, pull = self.capacity
         dtype = self.theta.dtype
-        self.codec = None
+        self.codec = None   # the dense codec; sparse pushes are decoded by self.decoder
+        comm = self.cfg.comm
+        self.decoder = None if comm.compression == "none" else SparseCompression(
+            comm.compression, 0, dtype, comm.topk_ratio, self.cfg.train.seed, 0, False)
         self.inbox = [SparseMessage(push, pull, push, dtype) for _ in self.workers]
         self.outbox = [SparseMessage(0, 0, pull, dtype) for _ in self.workers]
         self.pullbox = [SparseMessage(0, pull, 0, dtype) for _ in self.workers]
@@ -71,13 +77,21 @@ class SparseServer(Server):
 
     def _apply_ready(self, ready: list[int], count: int, loss: float) -> None:
         keys, vals = merge_pairs([self.inbox[i].keys() for i in ready],
-                                 [self.inbox[i].vals() for i in ready])
+                                 [self._vals(i) for i in ready])
         self._apply_sparse(keys, vals.astype(self.theta.dtype, copy=False), count, loss,
                            self.policy.version)
 
     def _apply_push(self, i: int, step: int, count: int, loss: float) -> None:
         msg = self.inbox[i]
-        self._apply_sparse(msg.keys(), msg.vals().copy(), count, loss, step)
+        self._apply_sparse(msg.keys(), self._vals(i).copy(), count, loss, step)
+
+    def _vals(self, i: int) -> np.ndarray:
+        """Worker i's pushed values, decoded when compressed (comm.compression)."""
+        msg = self.inbox[i]
+        if not msg.encoded():
+            return msg.vals()
+        return self.decoder.decode(msg.payload(), int(msg.ints[H_NVALS]),
+                                   int(msg.ints[H_STEP]))
 
     def _apply_sparse(self, keys: np.ndarray, vals: np.ndarray, count: int, loss_sum: float,
                       step: int) -> None:

@@ -32,14 +32,15 @@ from mpisgd.comm.p2p import (
     TAG_REPLY,
     SparseMessage,
 )
+from mpisgd.comm.sparse_compress import SparseCompression
 from mpisgd.context import Context
 from mpisgd.modes.common import Hooks
 from mpisgd.modes.ps.worker import Worker
 
 
 class SparseWorker(Worker):
-    """Worker ranks of a sparse model (no node aggregation, no compression: the config
-    refuses both). ``capacity``: (most keys a push carries, most keys it pulls)."""
+    """Worker ranks of a sparse model (no node aggregation: the config refuses it).
+    ``capacity``: (most keys a push carries, most keys it pulls)."""
 
     def __init__(self, ctx: Context, theta: np.ndarray, ranges: list[tuple[int, int]],
                  start: int, plan, capacity: tuple[int, int]):
@@ -53,6 +54,12 @@ class SparseWorker(Worker):
         self.reply = [SparseMessage(0, 0, pull, theta.dtype) for _ in ranges]
         self.pulls = [SparseMessage(0, pull, 0, theta.dtype) for _ in ranges]
         self.feedback = [None] * len(ranges)
+        # comm.compression: one compressor for every server's keys (they are disjoint), its
+        # lazy error-feedback residual over the model's width (mpisgd.comm.sparse_compress)
+        comm = ctx.cfg.comm
+        self.compression = None if comm.compression == "none" else SparseCompression(
+            comm.compression, theta.size, theta.dtype, comm.topk_ratio, ctx.cfg.train.seed,
+            ctx.topo.rank, comm.error_feedback)
         self.theta = theta
         self.bounds = np.array([lo for lo, _ in ranges] + [ranges[-1][1]], dtype=np.int64)
         # The gradient travels as pairs (plan.last); the failure hooks write into a scratch
@@ -109,8 +116,8 @@ class SparseWorker(Worker):
             msg.ints[H_FLAGS] = flags
             msg.ints[H_BASE] = version
             msg.floats[H_LOSS] = loss
-            msg.fill(keys[cut_k[s]:cut_k[s + 1]], pull[cut_p[s]:cut_p[s + 1]],
-                     vals[cut_k[s]:cut_k[s + 1]])
+            self._fill(msg, step, keys[cut_k[s]:cut_k[s + 1]], pull[cut_p[s]:cut_p[s + 1]],
+                       vals[cut_k[s]:cut_k[s + 1]])
             requests.append(world.Irecv(reply.spec, server, TAG_REPLY))
             requests.append(world.Isend(msg.send_spec(), server, TAG_PUSH))
         self.counters["bytes_sent"] += sum(m.nbytes for m in self.push)
@@ -123,6 +130,15 @@ class SparseWorker(Worker):
             self.counters["bytes_sent"] += sum(m.nbytes for m in self.pulls)
         MPI.Request.Waitall(requests)
         return self._replies(pull, cut_p)
+
+    def _fill(self, msg: SparseMessage, step: int, keys: np.ndarray, pull: np.ndarray,
+              vals: np.ndarray) -> None:
+        """One server's part of the push, its values compressed under comm.compression."""
+        if self.compression is None or not keys.size:
+            msg.fill(keys, pull, vals)
+            return
+        keys, payload = self.compression.compress(keys, vals, step)
+        msg.fill_encoded(keys, pull, keys.size, payload)
 
     def _replies(self, pull: np.ndarray, cut_p: np.ndarray) -> tuple[int, bool, bool]:
         """Write the pulled values into the parameters; (version, stop, interrupted)."""
@@ -151,5 +167,7 @@ class SparseWorker(Worker):
         super()._leave(indices)
 
     def held_bytes(self) -> dict[str, int]:
+        residual = self.compression.residual if self.compression is not None else None
         return {"params": self.theta.nbytes,
-                "buffers": sum(m.raw.nbytes for m in self.push + self.reply + self.pulls)}
+                "buffers": sum(m.raw.nbytes for m in self.push + self.reply + self.pulls)
+                + (residual.nbytes if residual is not None else 0)}
