@@ -46,6 +46,9 @@ def steps(quick: list[str]) -> list[tuple[str, list[str]]]:
         ("data placement", [py, str(HERE / "placement.py"), *quick]),
         ("end to end: logistic regression", [py, str(HERE / "end_to_end.py"), *quick]),
         ("start-up", [py, str(HERE / "startup.py"), *quick]),
+        ("sparse logistic regression", [py, str(HERE / "sparse.py"), *quick]),
+        ("sparse step profile", [py, str(HERE / "sparse_profile.py"), *quick]),
+        ("going on through a worker's death", [py, str(HERE / "survive.py"), *quick]),
         ("scaling model", [py, str(HERE / "scaling_model.py"), *quick]),
         ("figures", [py, str(HERE / "plots.py"), *quick]),
     ]
