@@ -71,17 +71,23 @@ def _check(deaths: Deaths, clock: _Clock, later: float) -> None:
     deaths.check()
 
 
+def _step_0_done_then_1_pushed_by(server: _Server, d: Deaths, pushers: tuple) -> None:
+    """Every worker pushes step 0 and is answered; then ``pushers`` push step 1."""
+    for i in range(len(server.workers)):
+        _push(server, d, i)
+    assert server.policy.ready() is not None
+    server.policy.step_complete()
+    for i in range(len(server.workers)):
+        server.policy.answer(i)
+        d.expecting(i)
+    for i in pushers:
+        _push(server, d, i)
+
+
 def test_a_worker_silent_after_pushing_is_declared_dead(clock):
     server = _Server(3)
     d = _deaths(server)
-    for i in range(3):
-        _push(server, d, i)
-    server.policy.ready() and server.policy.step_complete()
-    for i in range(3):
-        server.policy.answer(i)
-        d.expecting(i)
-    _push(server, d, 0)
-    _push(server, d, 1)
+    _step_0_done_then_1_pushed_by(server, d, (0, 1))
     _check(d, clock, DEAD_AFTER - 0.1)
     assert server.dropped == []
     _check(d, clock, 0.2)
@@ -102,14 +108,7 @@ def test_the_silence_clock_starts_at_the_last_answer_not_the_last_push(clock):
     completes they are answered, and their pushes, older than dead_after, do not count."""
     server = _Server(3)
     d = _deaths(server)
-    for i in range(3):
-        _push(server, d, i)
-    server.policy.ready() and server.policy.step_complete()
-    for i in range(3):
-        server.policy.answer(i)
-        d.expecting(i)
-    _push(server, d, 0)
-    _push(server, d, 1)
+    _step_0_done_then_1_pushed_by(server, d, (0, 1))
     _check(d, clock, DEAD_AFTER + 0.5)   # worker 2 is late: declared dead
     assert server.dropped == [2]
     # the step completes without it; 0 and 1 are answered now
