@@ -40,11 +40,15 @@ class SparseCompression:
         make_codec(scheme, 1, self.dtype, ratio, seed)   # the scheme and ratio, checked
         self.residual = np.zeros(width, dtype=self.dtype) if error_feedback else None
 
+    def _codec(self, m: int):
+        """The dense codec over a message's ``m`` values (fp16, bf16, sign)."""
+        return make_codec(self.scheme, m, self.dtype, self.ratio, self.seed)
+
     def payload_bytes(self, m: int) -> int:
         """Bytes of the values of a message that carries ``m`` keys."""
         if self.scheme in CHOOSERS:
             return m * self.dtype.itemsize
-        return make_codec(self.scheme, m, self.dtype, self.ratio, self.seed).nbytes if m else 0
+        return self._codec(m).nbytes if m else 0
 
     def compress(self, keys: np.ndarray, vals: np.ndarray, step: int
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -58,12 +62,12 @@ class SparseCompression:
         if self.scheme in CHOOSERS:
             chosen = self._choose(g, step)
             sent_keys, sent = keys[chosen], g[chosen]
-            payload = sent.view(np.uint8).copy()
+            payload = sent.view(np.uint8)   # g[chosen] is already a copy
             if self.residual is not None:
                 self.residual[keys] = g
                 self.residual[sent_keys] = 0
             return sent_keys, payload
-        codec = make_codec(self.scheme, keys.size, self.dtype, self.ratio, self.seed)
+        codec = self._codec(keys.size)
         payload = np.empty(codec.nbytes, dtype=np.uint8)
         codec.encode(g, step, payload)
         if self.residual is not None:
@@ -78,8 +82,7 @@ class SparseCompression:
             return payload.view(self.dtype).copy()
         out = np.empty(m, dtype=self.dtype)
         if m:
-            make_codec(self.scheme, m, self.dtype, self.ratio, self.seed).decode(payload, step,
-                                                                                 out)
+            self._codec(m).decode(payload, step, out)
         return out
 
     def _choose(self, g: np.ndarray, step: int) -> np.ndarray:

@@ -119,9 +119,7 @@ class SparseReducer:
         all_vals = np.concatenate(
             [comp.decode(data[at[r]:at[r + 1]], int(counts[r]), step)
              for r in range(self.size)]) if n else np.empty(0, dtype=self.dtype)
-        keys, vals = merge_runs(all_keys, all_vals.astype(self.dtype, copy=False), counts)
-        keep = vals != 0
-        return keys[keep], vals[keep]
+        return merge_runs(all_keys, all_vals, counts)   # drops keys that sum to zero
 
     def _allreduce(self, keys, vals):
         if self._dense is None:
