@@ -45,7 +45,8 @@ def exchange(quick: bool) -> None:
 
     from mpisgd.comm import make_topology
     from mpisgd.comm.compress import make_codec
-    from mpisgd.comm.reduce import CompressedAllreduce, make_reducer
+    from mpisgd.comm.compressed_reduce import CompressedAllreduce
+    from mpisgd.comm.reduce import make_reducer
 
     d = 10**5 if quick else 10**6
     repeats, calls = (3, 3) if quick else (7, 5)

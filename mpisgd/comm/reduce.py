@@ -6,12 +6,15 @@ the hot loop (``make_reducer``), and times itself:
 * ``BufferAllreduce`` ("flat"): one ``Allreduce`` over the world communicator.
 * ``HierarchicalAllreduce`` ("hierarchical"): ranks of a node sum their buffers in a
   node-shared window (each rank sums one slice of columns: a reduce-scatter in shared
-  memory), node leaders ``Allreduce`` across nodes, every rank copies the result back.
-* ``CompressedAllreduce`` ("flat+<codec>"): the gradient through a codec, with error
-  feedback.
+  memory), node leaders ``Allreduce`` across nodes, every rank copies the result back;
+  or, ``direct``, ranks write their gradients straight into the window and read the
+  sum there: one pass over memory instead of three.
+* ``CompressedAllreduce`` ("flat+<codec>", in :mod:`mpisgd.comm.compressed_reduce`):
+  the gradient through a codec, with error feedback.
 
-All three satisfy :class:`Reducer`, so a caller reads what it needs (the window, the
-residual, the bytes sent) without asking which one it holds.
+All three satisfy :class:`Reducer`, so a caller reads what it needs (where to write,
+where the sum is, the window, the residual, the bytes sent) without asking which one it
+holds.
 
 The thresholds below were tuned with ``benchmarks/shm_reduce.py``; the measurements
 behind each are in docs/performance.md, "Choosing the reducer".
@@ -26,7 +29,6 @@ from typing import Protocol, Self, runtime_checkable
 import numpy as np
 from mpi4py import MPI
 
-from mpisgd.comm.compress import Codec, ErrorFeedback
 from mpisgd.comm.shm import SharedArray, no_shm_reason, shm_possible, warn_no_shm
 from mpisgd.errors import ConfigError
 
@@ -65,11 +67,19 @@ CROWDED_WINDOW_BYTES = 1 << 30
 class Reducer(Protocol):
     """What every reducer offers (``make_reducer``'s and :class:`CompressedAllreduce`).
 
-    Collective over the ranks it sums across: ``self(step)`` sums its buffer in place.
-    The defaults are the dense reducers' and are inherited by subclassing.
+    Collective over the ranks it sums across: ``self(step)`` sums every rank's ``inbox``
+    into ``result``. For most reducers both are the buffer they were made with (an
+    in-place sum); a direct hierarchical reducer's inbox is this rank's row of the node
+    window, where the caller writes its gradient, and its result the node's shared sum,
+    which every rank of the node reads and none writes until the next call but for what
+    the caller owns (see :class:`HierarchicalAllreduce`). The defaults are the dense
+    reducers' and are inherited by subclassing.
     """
 
     method: str                         # what summary.json reports ("flat", ...)
+    inbox: np.ndarray                   # where this rank writes what it contributes
+    result: np.ndarray                  # where the sum is after a call
+    direct: bool = False                # result is node-shared memory, not inbox
     window: SharedArray | None = None   # the node-shared window it reduces in, if any
     window_bytes: int = 0               # bytes of that window this rank allocated
     residual: np.ndarray | None = None  # this rank's error-feedback residual, if any
@@ -88,7 +98,7 @@ class Reducer(Protocol):
         """Free on leaving, unless one rank alone is raising."""
 
 
-class _Freed(Reducer):
+class FreeOnExit(Reducer):
     """``with reducer:`` frees it on leaving, unless one rank alone is raising.
 
     ``free()`` is collective: on an error seen by this rank alone the other ranks are
@@ -107,7 +117,7 @@ class _Freed(Reducer):
             self.free()
 
 
-class BufferAllreduce(_Freed):
+class BufferAllreduce(FreeOnExit):
     """Collective over ``comm``: ``self()`` sums ``buf`` across ranks in place.
 
     Every rank must pass a buffer of the same size and dtype. The call is bound once
@@ -121,7 +131,7 @@ class BufferAllreduce(_Freed):
         if not buf.flags.c_contiguous:
             raise ValueError("BufferAllreduce needs a C-contiguous buffer")
         self.comm = comm
-        self.buf = buf
+        self.buf = self.inbox = self.result = buf
         self.sent_bytes = buf.nbytes
         if comm.Get_size() > 1:
             self._reduce = functools.partial(comm.Allreduce, MPI.IN_PLACE, buf)
@@ -190,15 +200,19 @@ def node_shape(topo) -> tuple[int, bool]:
     return int(shape[0]), bool(shape[1])
 
 
-def auto_method(nbytes: int, widest: int, crowded: bool) -> str:
-    """What ``"auto"`` picks for a buffer of ``nbytes`` (a pure function, see make_reducer)."""
+def auto_method(nbytes: int, widest: int, crowded: bool, direct: bool = False) -> str:
+    """What ``"auto"`` picks for a buffer of ``nbytes`` (a pure function, see make_reducer).
+
+    A direct reducer copies nothing and its window replaces the ranks' buffers, so the
+    window limit (which bounds the copies' cost) does not apply to it.
+    """
     if widest < 2 or nbytes < HIERARCHICAL_MIN_BYTES:
         return "flat"
     fits = (widest + 1) * nbytes <= AUTO_WINDOW_BYTES
-    return "hierarchical" if crowded or fits else "flat"
+    return "hierarchical" if crowded or fits or direct else "flat"
 
 
-class HierarchicalAllreduce(_Freed):
+class HierarchicalAllreduce(FreeOnExit):
     """Collective over ``topo.world``: ``self()`` sums ``buf`` across all ranks in place.
 
     Same contract as :class:`BufferAllreduce`: every rank passes a C-contiguous buffer of
@@ -226,19 +240,30 @@ class HierarchicalAllreduce(_Freed):
     Every rank copies the same result slots, so the result is bitwise the same on
     every rank and on every run with the same topology, whatever the chunking.
 
+    ``direct=True`` drops both copies: the window is one chunk of a row per rank and a
+    result row, ``inbox`` is this rank's row (the caller writes its gradient there, not
+    into ``buf``) and ``result`` the result row. A call is then: sync; sum slice ``r``;
+    (sync; leaders ``Allreduce`` the result;) sync: one pass over memory instead of
+    three, in as much shared memory as the ranks' private buffers took. The result is
+    shared: after a call a rank may write only the part of it no other rank reads
+    before the next call (its own column slice, in :class:`NodeParams`), and the next
+    call's first sync orders those reads before anyone sums again.
+
     Leaders reduce in the same chunks on every node. A node of one rank has no window;
     a node whose ranks cannot share memory (``MPISGD_NO_SHM=1``) keeps none and moves
-    the whole buffer with ``Reduce`` to the leader and ``Bcast``. Call
-    :meth:`free` (collective over the world) when done.
+    the whole buffer with ``Reduce`` to the leader and ``Bcast``; in both cases
+    ``inbox`` and ``result`` are ``buf``, direct or not. Call :meth:`free` (collective
+    over the world) when done.
     """
 
     method = "hierarchical"
 
-    def __init__(self, topo, buf: np.ndarray):
+    def __init__(self, topo, buf: np.ndarray, direct: bool = False):
         if not buf.flags.c_contiguous:
             raise ValueError("HierarchicalAllreduce needs a C-contiguous buffer")
         self.topo = topo
-        self.buf = buf
+        self.buf = self.inbox = self.result = buf
+        self.direct = False
         self.sent_bytes = buf.nbytes
         flat = buf.reshape(-1)
         n, local = flat.size, topo.local_size
@@ -249,7 +274,9 @@ class HierarchicalAllreduce(_Freed):
         # Leaders reduce chunk by chunk, so every node must cut the buffer alike: the
         # width follows the largest and most crowded node, whatever this one is like.
         widest, crowded = node_shape(topo)
-        width = chunk_elements(n, widest, flat.itemsize, crowded) if n else 1
+        align = max(1, _ALIGN_BYTES // flat.itemsize)
+        width = (-(-n // align) * align if direct else
+                 chunk_elements(n, widest, flat.itemsize, crowded)) if n else 1
         self.chunks = -(-n // width)
         pieces = [flat[j * width:(j + 1) * width] for j in range(self.chunks)]
         inter = [functools.partial(self.leaders.Allreduce, MPI.IN_PLACE, piece)
@@ -261,8 +288,8 @@ class HierarchicalAllreduce(_Freed):
             warn_no_shm(topo.node, no_shm_reason())
             self._steps = self._message_steps(flat, leader, inter)
             return
-        row_slots = min(2, self.chunks)
-        result_slots = min(3 if across else 2, self.chunks)
+        row_slots = 1 if direct else min(2, self.chunks)
+        result_slots = 1 if direct else min(3 if across else 2, self.chunks)
         self.window = SharedArray(topo.node, (row_slots * local + result_slots, width),
                                   flat.dtype)
         if not self.window.shared:   # allocation failed: private copies would only waste memory
@@ -270,7 +297,30 @@ class HierarchicalAllreduce(_Freed):
             self.window = None
             self._steps = self._message_steps(flat, leader, inter)
             return
-        self._steps = self._pipeline(flat, width, row_slots, result_slots, across)
+        if direct:
+            self._steps = self._direct_steps(n, buf.shape, across)
+        else:
+            self._steps = self._pipeline(flat, width, row_slots, result_slots, across)
+
+    def _direct_steps(self, n: int, shape: tuple, across: bool) -> list:
+        """The bound calls of a direct reduction (see the class): inbox and result are
+        rows of the window, no copies."""
+        local, lrank = self.topo.local_size, self.topo.local_rank
+        space, sync = self.window.array, self.window.sync
+        self.direct = True
+        self.inbox = space[lrank, :n].reshape(shape)
+        self.result = space[local, :n].reshape(shape)
+        a, b = column_slice(n, local, lrank, space.itemsize)
+        steps = [sync]
+        if b > a:
+            steps += _blocked_sum(space[local, a:b], [space[i, a:b] for i in range(local)])
+        if across:
+            steps.append(sync)
+            if lrank == 0:
+                steps.append(functools.partial(self.leaders.Allreduce, MPI.IN_PLACE,
+                                               space[local, :n]))
+        steps.append(sync)
+        return steps
 
     def _pipeline(self, flat, width, row_slots, result_slots, across) -> list:
         """The bound calls of one reduction, phase by phase, syncs between phases."""
@@ -333,6 +383,20 @@ class HierarchicalAllreduce(_Freed):
         self.leaders = MPI.COMM_NULL
 
 
+# A direct reducer sums its slice block by block, so that the partial sum stays in the
+# cache while each rank's row is added to it (one read of every row, one write of the
+# slice), instead of one pass over the whole slice per row.
+SUM_BLOCK_BYTES = 128 << 10
+
+
+def _blocked_sum(out: np.ndarray, inputs: list) -> list:
+    """Bound calls that set ``out`` to the sum of ``inputs`` (in list order, so the same
+    bits as :func:`_sum_rows`), in blocks of about ``SUM_BLOCK_BYTES``."""
+    step = max(1, SUM_BLOCK_BYTES // out.itemsize)
+    return [functools.partial(_sum_rows, out[lo:lo + step], [r[lo:lo + step] for r in inputs])
+            for lo in range(0, out.size, step)]
+
+
 def _sum_rows(out: np.ndarray, inputs: list) -> None:
     """out = inputs[0] + inputs[1] + ..., added in list order (fixed, so deterministic)."""
     np.add(inputs[0], inputs[1], out=out)
@@ -340,7 +404,7 @@ def _sum_rows(out: np.ndarray, inputs: list) -> None:
         np.add(out, row, out=out)
 
 
-def make_reducer(method: str, topo, buf: np.ndarray) -> Reducer:
+def make_reducer(method: str, topo, buf: np.ndarray, direct: bool = False) -> Reducer:
     """Collective over ``topo.world``: the reducer for ``buf`` that ``method`` names.
 
     ``"flat"``: :class:`BufferAllreduce` on the world; ``"hierarchical"``:
@@ -348,59 +412,15 @@ def make_reducer(method: str, topo, buf: np.ndarray) -> Reducer:
     some node holds more than one rank, ``buf`` has at least ``HIERARCHICAL_MIN_BYTES``,
     and either some node has more ranks than cores or the one-chunk window is at most
     ``AUTO_WINDOW_BYTES``; else flat. The choice depends only on values agreed over the
-    world, so every rank makes the same one.
+    world, so every rank makes the same one. ``direct`` asks a hierarchical reducer to
+    take its input in its window (see :class:`HierarchicalAllreduce`): the caller then
+    writes into ``inbox`` and reads ``result``, which a flat reducer keeps as ``buf``.
     """
     if method not in METHODS:
         raise ConfigError(f"The 'comm.allreduce' parameter must be one of "
                           f"{', '.join(map(repr, METHODS))}. Got {method!r} instead.")
     if method == "auto":
-        method = auto_method(buf.nbytes, *node_shape(topo))
+        method = auto_method(buf.nbytes, *node_shape(topo), direct)
     if method == "hierarchical":
-        return HierarchicalAllreduce(topo, buf)
+        return HierarchicalAllreduce(topo, buf, direct)
     return BufferAllreduce(topo.world, buf)
-
-
-class CompressedAllreduce(_Freed):
-    """Collective over ``comm``: ``self(step)`` sums ``buf[:n]`` through a codec, with this
-    rank's error feedback, and ``buf[n:]`` (the loss, rows and votes) exactly.
-
-    Summable codecs (randomk: the same positions on every rank) ``Allreduce`` their
-    values. The others ``Allgather`` every rank's fixed-size encoding and every rank
-    decodes and adds them in rank order, so the sum is bitwise the same everywhere. An
-    allgather of p encodings scales with p, where a sparse reduction tree would not;
-    at the ratios where compression pays (a top 1 % sends 12 bytes per 1 % of entries,
-    0.12 of the dense vector) it stays below the dense allreduce up to about 8 ranks and
-    costs one collective with no index merging, so it is the choice here (docs/performance.md
-    has the model).
-    """
-
-    def __init__(self, comm: MPI.Intracomm, buf: np.ndarray, n: int, codec: Codec,
-                 error_feedback: bool = True):
-        self.comm, self.codec, self.method = comm, codec, f"flat+{codec.name}"
-        self.grad, self.tail = buf[:n], buf[n:]
-        self.feedback = ErrorFeedback(codec, error_feedback)
-        self.mine = np.zeros(codec.nbytes, dtype=np.uint8)
-        self.everyone = (None if codec.summable else
-                         np.zeros((comm.Get_size(), codec.nbytes), dtype=np.uint8))
-        self.scratch = np.empty(n, dtype=buf.dtype)
-        # What this rank contributes per step: its encoding and the exact tail.
-        self.sent_bytes = codec.nbytes + self.tail.nbytes
-
-    @property
-    def residual(self) -> np.ndarray | None:
-        """This rank's error-feedback residual (None without error feedback)."""
-        return self.feedback.residual
-
-    def __call__(self, step: int = 0) -> None:
-        codec = self.codec
-        self.feedback.compress(self.grad, step, self.mine)
-        if codec.summable:
-            values = self.mine.view(codec.dtype)
-            self.comm.Allreduce(MPI.IN_PLACE, values)
-            codec.decode(self.mine, step, self.grad)
-        else:
-            self.comm.Allgather(self.mine, self.everyone)
-            self.grad[:] = 0
-            for row in self.everyone:   # rank order: the same sum on every rank
-                codec.decode_add(row, step, self.grad, self.scratch)
-        self.comm.Allreduce(MPI.IN_PLACE, self.tail)

@@ -35,6 +35,8 @@ class SparseReducer:
     ``head``: a few float64 values per rank summed alongside (loss, rows, votes).
     """
 
+    direct = False   # as a dense Reducer's: the caller's buffers hold input and sums
+
     def __init__(self, comm: MPI.Intracomm, width: int, dtype, method: str, n_head: int,
                  compression: SparseCompression | None = None):
         if method not in METHODS:

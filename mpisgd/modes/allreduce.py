@@ -17,11 +17,12 @@ from contextlib import nullcontext
 import numpy as np
 
 from mpisgd.comm import Topology
-from mpisgd.comm.reduce import CompressedAllreduce, Reducer, make_reducer
+from mpisgd.comm.compressed_reduce import CompressedAllreduce
+from mpisgd.comm.reduce import Reducer, make_reducer
 from mpisgd.comm.watchdog import StepWatchdog
 from mpisgd.context import Context
 from mpisgd.modes.batches import Batches, make_batches
-from mpisgd.modes.common import check_finite, gradient_codec, make_plan
+from mpisgd.modes.common import check_finite, diverged, finish_gradient, gradient_codec, make_plan
 from mpisgd.modes.localsgd import Averager, LocalSGDRunner
 from mpisgd.modes.nodeparams import NodeParams
 from mpisgd.modes.runner import LOSS, ROWS, TAIL, Exchanged, Runner
@@ -41,7 +42,7 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     # the gradient's allreduce, so every rank learns of them at the same step for free.
     buf = np.zeros(ctx.n_params + TAIL, dtype=ctx.dtype)
     local_sgd = ctx.cfg.train.sync_every > 1
-    with _reducer(ctx, buf) as reduce:
+    with _reducer(ctx, buf, direct=not local_sgd) as reduce:
         # A node that reduces in shared memory also keeps the parameters there, once
         # (not with local SGD: each rank's parameters drift apart between averagings).
         shared = reduce.window is not None and not local_sgd
@@ -50,7 +51,8 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
                 load_residual(reduce.residual, residuals, ctx.topo)
             with Averager(ctx, params) if local_sgd else nullcontext() as averager:
                 held = params.held_bytes()
-                held["buffers"] = buf.nbytes + reduce.window_bytes + (
+                # A direct reducer's rows replace buf, whose zero pages were never touched.
+                held["buffers"] = (0 if reduce.direct else buf.nbytes) + reduce.window_bytes + (
                     averager.buf.nbytes if averager else 0)
                 memory = node_memory(ctx.topo, held)
                 stats = _loop(ctx, params, buf, reduce, start_step, averager)
@@ -61,12 +63,13 @@ def fit(ctx: Context, theta: np.ndarray, start_step: int = 0,
     return stats
 
 
-def _reducer(ctx: Context, buf: np.ndarray) -> Reducer:
-    """Collective: the gradient reducer of the job: compressed, flat or hierarchical."""
+def _reducer(ctx: Context, buf: np.ndarray, direct: bool) -> Reducer:
+    """Collective: the gradient reducer of the job: compressed, flat or hierarchical
+    (``direct``: kernels write into its window, see HierarchicalAllreduce)."""
     comm = ctx.cfg.comm
     codec = gradient_codec(ctx, ctx.n_params)
     if codec is None:
-        return make_reducer(comm.allreduce, ctx.topo, buf)
+        return make_reducer(comm.allreduce, ctx.topo, buf, direct)
     return CompressedAllreduce(ctx.topo.world, buf, ctx.n_params, codec, comm.error_feedback)
 
 
@@ -123,9 +126,17 @@ class SyncRunner(Runner):
         # A barrier before each reduction splits waiting for the slowest rank from the
         # collective itself; it costs a barrier per step, so for profiling only.
         self.measure_wait = self.cfg.train.measure_wait and self.ctx.topo.world.Get_size() > 1
+        # A direct reducer leaves the sum in the node's window. With the parameters there
+        # too, each rank finishes and checks only its own slice of it, in place (the
+        # slices are disjoint and nobody else reads them before the next sum). Otherwise
+        # (private parameters, or clipping, which needs the whole finished vector) each
+        # rank finishes a private copy.
+        self.sliced = reduce.direct and params.shared and not self.cfg.optimizer.clip_norm
+        self.whole = (np.empty_like(self.reduced) if reduce.direct and not self.sliced
+                      else self.reduced)
 
     def advance(self, step: int, epoch: int, loss: float, rows: int) -> Exchanged:
-        cfg, tail = self.cfg, self.tail
+        cfg = self.cfg
         self.vote(loss, rows)
         if self.measure_wait:
             t_wait = time.perf_counter()
@@ -136,18 +147,43 @@ class SyncRunner(Runner):
         self.reduce(step)
         self.dog.idle()
         t2 = time.perf_counter()
-        count = float(tail[ROWS])
+        sums = self.sums
+        count = float(sums[ROWS])
         lr = learning_rate(cfg.optimizer, step, epoch, self.total)
         # No rows at all: every chunk of this step was skipped (data.on_read_error =
         # "skip"). The same on every rank: all skip the update together.
-        mean = float(tail[LOSS]) / count if count else 0.0
-        if count:
-            self.finish(count)   # the reduced gradient is the same everywhere
+        mean = float(sums[LOSS]) / count if count else 0.0
+        if count and self.sliced:
+            self._update_slice(count, mean, step, lr)
+        elif count:
+            grad = self.whole
+            if grad is not self.reduced:
+                np.copyto(grad, self.reduced)
+            self.finish(grad, count)   # the reduced gradient is the same everywhere
             # The reduced buffer is the same on every rank and NaN/Inf survive any
             # summation order, so every rank raises here together: no hang.
-            check_finite(mean, self.grad, step, lr)
-            self.params.update(self.grad, lr, cfg.model.l1)
+            check_finite(mean, grad, step, lr)
+            if self.params.shared:
+                # finish() read every slice of the node's parameters (the L2 term): all
+                # ranks must be done with that before any rank updates its slice.
+                self.params.sync()
+            self.params.update(grad, lr, cfg.model.l1)
         return Exchanged(t1, t2, mean, lr, count)
+
+    def _update_slice(self, count: float, mean: float, step: int, lr: float) -> None:
+        """The update from the node-shared sum: this rank finishes, checks and applies its
+        own slice; the node agrees on finiteness in the update's sync, and every rank
+        raises together when any slice had a NaN or Inf (the same sum on every node, so
+        the same answer on every node)."""
+        lo, hi = self.params.lo, self.params.hi
+        if not np.isfinite(mean):
+            raise diverged(step, lr)
+        mine = self.reduced[lo:hi]
+        finish_gradient(mine, count, self.theta[lo:hi], self.cfg.model.l2,
+                        self.ctx.l2_mask[lo:hi])
+        ok = bool(np.isfinite(mine).all())
+        if not self.params.update(self.reduced, lr, self.cfg.model.l1, ok):
+            raise diverged(step, lr)
 
     def traffic(self, step: int) -> tuple[int, int]:
         return step - self.start_step, self.reduce.sent_bytes

@@ -93,9 +93,13 @@ def check_finite(loss: float, grad: np.ndarray, step: int, lr: float, *,
     otherwise the error is this rank's alone and must abort the job.
     """
     if not (np.isfinite(loss) and np.isfinite(grad).all()):
-        raise TrainingError(
-            f"the loss or gradient became NaN/Inf at step {step}; lower optimizer.lr "
-            f"(now {lr:g}) or scale the features.", agreed=agreed)
+        raise diverged(step, lr, agreed=agreed)
+
+
+def diverged(step: int, lr: float, *, agreed: bool = True) -> TrainingError:
+    """The error of a NaN/Inf loss or gradient at ``step`` (see :func:`check_finite`)."""
+    return TrainingError(f"the loss or gradient became NaN/Inf at step {step}; lower "
+                         f"optimizer.lr (now {lr:g}) or scale the features.", agreed=agreed)
 
 
 class Hooks:

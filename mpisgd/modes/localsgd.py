@@ -90,7 +90,7 @@ class LocalSGDRunner(Runner):
         cfg = self.cfg
         lr = learning_rate(cfg.optimizer, step, epoch, self.total)
         if rows:
-            self.finish(rows)   # this rank's rows alone
+            self.finish(self.grad, rows)   # this rank's rows alone
             self.params.update(self.grad, lr, cfg.model.l1)
         self.period_loss += loss
         self.period_rows += rows

@@ -40,6 +40,7 @@ class NodeParams:
         self.node = ctx.topo.node
         n, dtype = theta0.size, theta0.dtype
         self._windows: list[SharedArray] = []
+        self._flags: SharedArray | None = None
         self.shared = shared and ctx.topo.local_size > 1
         if self.shared:
             win = self._window(n, dtype)
@@ -49,6 +50,8 @@ class NodeParams:
         if self.shared:
             self.lo, self.hi = column_slice(n, ctx.topo.local_size, ctx.topo.local_rank,
                                             dtype.itemsize)
+            # A rank's "my slice was not finite" flag, a cache line each.
+            self._flags = SharedArray(self.node, (ctx.topo.local_size, 8), np.int64)
             self.theta = self._windows[0].array
             if ctx.topo.local_rank == 0:
                 np.copyto(self.theta, theta0)
@@ -69,14 +72,25 @@ class NodeParams:
         self._windows.append(win)
         return win
 
-    def update(self, grad: np.ndarray, lr: float, l1: float) -> None:
+    def update(self, grad: np.ndarray, lr: float, l1: float, ok: bool = True) -> bool:
         """This rank's slice of the step from the whole reduced ``grad``; then a node sync,
-        after which every rank reads the new parameters."""
+        after which every rank reads the new parameters.
+
+        ``ok`` False: this rank found a NaN or Inf in its slice of ``grad`` and skips its
+        part. Returns whether every rank of the node was ok (agreed in the same sync, so
+        every rank returns the same).
+        """
         lo, hi = self.lo, self.hi
-        self.optimizer.step(self.theta[lo:hi], grad[lo:hi], lr)
-        if l1:
-            soft_threshold(self.theta[lo:hi], lr * l1, self.ctx.l2_mask[lo:hi])
+        if ok:
+            self.optimizer.step(self.theta[lo:hi], grad[lo:hi], lr)
+            if l1:
+                soft_threshold(self.theta[lo:hi], lr * l1, self.ctx.l2_mask[lo:hi])
+        if not self.shared:
+            return ok
+        flags = self._flags.array
+        flags[self.ctx.topo.local_rank, 0] = not ok
         self.sync()
+        return not flags[:, 0].any()
 
     def sync(self) -> None:
         if self.shared:
@@ -112,6 +126,9 @@ class NodeParams:
         for win in self._windows:
             win.free()
         self._windows = []
+        if self._flags is not None:
+            self._flags.free()
+            self._flags = None
 
     def __enter__(self) -> "NodeParams":
         return self

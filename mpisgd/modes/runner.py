@@ -65,6 +65,9 @@ class Runner:
     Subclasses implement :meth:`advance` (one step after the gradient), :meth:`traffic`
     and :meth:`strategy_stats`. ``buf`` is [gradient, tail]: the gradient is reduced
     (synchronous SGD) or only this rank's (local SGD); the tail holds :data:`TAIL` sums.
+    A rank writes its gradient and tail into ``reduce.inbox`` (``grad``, ``tail``) and
+    reads the sums from ``reduce.result`` (``reduced``, ``sums``): the same memory as
+    ``buf`` but with a direct hierarchical reducer, whose result the node shares.
     """
 
     def __init__(self, ctx: Context, params: NodeParams, buf: np.ndarray, reduce: Reducer,
@@ -73,7 +76,10 @@ class Runner:
         self.ctx, self.cfg, self.params, self.plan, self.dog = ctx, cfg, params, plan, dog
         self.buf, self.reduce, self.start_step = buf, reduce, start_step
         self.theta = params.theta
-        self.grad, self.tail = buf[:ctx.n_params], buf[ctx.n_params:]
+        n = ctx.n_params
+        inbox, result = (reduce.inbox, reduce.result) if reduce.direct else (buf, buf)
+        self.grad, self.tail = inbox[:n], inbox[n:]
+        self.reduced, self.sums = result[:n], result[n:]
         self.spe, self.total = plan.steps_per_epoch, plan.total
         self.timers, self.counters, self.timeline = ctx.timers, ctx.counters, ctx.timeline
         self.hooks = Hooks(cfg.debug, ctx.topo.rank, ctx.nan_fired)
@@ -110,13 +116,12 @@ class Runner:
         tail[TIME_VOTE] = self.saver.time_due()
         tail[STOP] = signals.requested()
 
-    def finish(self, count: float) -> None:
-        """``self.grad``, a sum over ``count`` rows -> the mean with its L2 term, clipped."""
+    def finish(self, grad: np.ndarray, count: float) -> None:
+        """``grad``, a sum over ``count`` rows -> the mean with its L2 term, clipped."""
         cfg = self.cfg
-        finish_gradient(self.grad, count, self.theta, cfg.model.l2, self.ctx.l2_mask)
+        finish_gradient(grad, count, self.theta, cfg.model.l2, self.ctx.l2_mask)
         if cfg.optimizer.clip_norm:
-            self.grad *= self.ctx.dtype.type(clip_factor(sq_norm(self.grad),
-                                                         cfg.optimizer.clip_norm))
+            grad *= self.ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
 
     def run(self) -> dict:
         """The loop; returns the run statistics (see :meth:`stats`). Raises Interrupted
@@ -178,7 +183,7 @@ class Runner:
             self.timeline.add("compute", t0, t1)
             self.timeline.add("allreduce", t1, t2)
             self.timeline.add("update", t2, t3)
-        self.loss_sum += float(self.tail[LOSS])
+        self.loss_sum += float(self.sums[LOSS])
         self.epoch_rows += int(done.rows)
 
     def _end_epoch(self, step: int, epoch: int) -> bool:
@@ -209,10 +214,10 @@ class Runner:
     def _checkpoint(self, step: int) -> None:
         """Collective: a checkpoint when one is due, or asked for by a signal; then
         Interrupted (agreed) if a rank asked to stop."""
-        stop = self.tail[STOP] > 0
+        stop = self.sums[STOP] > 0
         since, self.last_sync = self.last_sync, step
         final = step == self.total and self.saver.enabled and self.cfg.checkpoint.final
-        if not (stop or self.saver.due(step, self.tail[TIME_VOTE] > 0, since) or final):
+        if not (stop or self.saver.due(step, self.sums[TIME_VOTE] > 0, since) or final):
             return
         t_ck = time.perf_counter()
         path = self.saver.save_replicated(step, self.theta, self._checkpoint_state(),

@@ -68,7 +68,8 @@ class SparseSyncRunner(Runner):
                  reduce: SparseReducer, plan, dog: StepWatchdog,
                  start_step: int):
         super().__init__(ctx, params, buf, reduce, plan, dog, start_step)
-        self.grad, self.tail = buf[:0], buf   # the gradient travels as pairs, not here
+        # The gradient travels as pairs, not here; the tail is summed in place.
+        self.grad, self.tail = self.reduced, self.sums = buf[:0], buf
         self.keys_total = 0   # summed keys over the steps, for the summary
 
     def _gradient(self, step: int, epoch: int) -> tuple[float, int, float]:

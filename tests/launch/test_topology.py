@@ -55,6 +55,22 @@ def test_hierarchical_trains_like_flat_with_parameters_once_per_node(launch, tmp
     assert all(n["params"] == p_bytes for n in hier["memory"]["per_node"])
 
 
+def test_hierarchical_with_clipping_and_l2_trains_like_flat(launch, tmp_path):
+    """Clipping needs the whole finished gradient: with the sum in the node window each
+    rank then finishes a private copy (no rank writes the shared sum), and L2 is applied
+    whichever way the gradient is finished; either way the result is flat mode's."""
+    job = JOB + ["--set", "optimizer.clip_norm=0.05", "--set", "model.l2=0.01",
+                 "--set", "topology.ranks_per_node=2", "--set", "train.epochs=2"]
+    thetas = {}
+    for method in ("flat", "hierarchical"):
+        out = tmp_path / method
+        launch(4, job + ["--set", f"comm.allreduce='{method}'", "--out", str(out)],
+               timeout=180, check=True)
+        thetas[method] = theta_of(out)
+    assert summary_of(tmp_path / "hierarchical")["params_shared"] is True
+    np.testing.assert_allclose(thetas["hierarchical"], thetas["flat"], rtol=1e-5, atol=1e-8)
+
+
 def test_checkpoint_from_node_shared_state_resumes_flat(launch, tmp_path):
     """The optimizer state gathered from the node windows is the whole vector's: a run
     stopped in hierarchical mode resumes in flat mode at another size to the same result."""
