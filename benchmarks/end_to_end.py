@@ -322,6 +322,8 @@ RATIOS = {"mpisgd_over_ddp_1thread": ("samples/s mpisgd allreduce / PyTorch DDP 
                                 "loop", 1.2),
           "mpisgd_blocks_over_numpy": ("samples/s mpisgd allreduce (block shuffle) / mpi4py "
                                        "+ NumPy loop", 2.5),
+          "mpisgd_blocks_over_ddp_1thread": ("samples/s mpisgd allreduce (block shuffle) / "
+                                             "PyTorch DDP (1 thread)", 10),
           "mpisgd_ps_over_numpy": ("samples/s mpisgd ps-bsp / mpi4py + NumPy loop", 1)}
 
 
@@ -357,6 +359,9 @@ def main() -> None:
                          "mpisgd_blocks_over_numpy": paired_ratio(
                              runs, f"mpisgd allreduce, blocks of {BLOCK} rows",
                              "mpi4py + NumPy loop"),
+                         "mpisgd_blocks_over_ddp_1thread": paired_ratio(
+                             runs, f"mpisgd allreduce, blocks of {BLOCK} rows",
+                             "PyTorch DDP, 1 thread/process"),
                          "mpisgd_ps_over_numpy": paired_ratio(
                              runs, "mpisgd ps (1 server, 1 worker)", "mpi4py + NumPy loop")},
               "mpisgd_data": mpisgd_data(runs), "runs": runs, "train": train, "test": test}

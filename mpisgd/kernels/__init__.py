@@ -265,7 +265,7 @@ def spec_loss_grad(
     if spec.name != "mlp":
         return float(_LOSS_GRAD[spec.name](X, y, idx, theta, grad_out))
     yf, yi = (y, _NO_LABELS) if regression else (np.empty(0, X.dtype), y)
-    return float(mlp._loss_grad(X, yf, yi, idx, theta, grad_out, *_mlp_codes(spec)))
+    return mlp.LossGrad(*_mlp_codes(spec))(X, yf, yi, idx, theta, grad_out)
 
 
 class BoundLossGrad:
@@ -294,8 +294,8 @@ class BoundLossGrad:
             self._kernel, self._extra = _LOSS_GRAD[spec.name], ()
         else:
             yf, yi = (y, _NO_LABELS) if regression else (np.empty(0, X.dtype), y)
-            self._kernel, self._extra = mlp._loss_grad, (yf, yi)
-            self._codes = _mlp_codes(spec)
+            # Its buffers are kept from step to step: one object per bound (X, y).
+            self._kernel, self._extra = mlp.LossGrad(*_mlp_codes(spec)), (yf, yi)
 
     def __call__(self, idx: np.ndarray, theta: np.ndarray, grad_out: np.ndarray) -> float:
         """The loss summed over rows ``idx`` (int64, C-contiguous); ``grad_out`` is
@@ -311,19 +311,23 @@ class BoundLossGrad:
             return spec_loss_grad(self.spec, X, self.y, idx, theta, grad_out)
         _check_rows("BoundLossGrad", f"model {self.spec.name!r}", idx, self.n, self.y, 0)
         if self._extra:
-            return float(self._kernel(X, *self._extra, idx, theta, grad_out, *self._codes))
+            return self._kernel(X, *self._extra, idx, theta, grad_out)
         return float(self._kernel(X, self.y, idx, theta, grad_out))
 
 
 # Seconds to compile a model's kernels on a cold cache (one dtype, one process, the
 # 2-core VM of docs/performance.md: python -m mpisgd.kernels.warm into an empty cache).
-COMPILE_SECONDS = {"linear": 6, "logistic": 6, "softmax": 8, "mlp": 18}
+# The mlp's since its training pass moved to NumPy's BLAS: 11.5 s against logistic's 9.5 s
+# measured the same way on 2026-12-03 (a slower day of the VM; 18 s before the move).
+COMPILE_SECONDS = {"linear": 6, "logistic": 6, "softmax": 8, "mlp": 8}
 
 
 def compile_notice(spec: ModelSpec) -> str | None:
     """What to say before a model's kernels compile on a cold cache (nothing when numba
     has them cached): a first run must not sit silent for seconds to minutes."""
-    kernel = mlp._loss_grad if spec.name == "mlp" else _LOSS_GRAD[spec.name]
+    # The mlp's training pass is NumPy's BLAS plus small kernels; its prediction kernel
+    # is the big one to compile.
+    kernel = mlp._predict if spec.name == "mlp" else _LOSS_GRAD[spec.name]
     try:   # numba's on-disk cache keeps one index file per kernel
         if os.path.exists(kernel._cache._cache_file._index_path):
             return None

@@ -7,10 +7,16 @@ in_0 = n_features, out_l = in_(l+1) = hidden[l], and the output layer has 1 unit
 (multiclass: softmax cross-entropy). ``sizes`` = [in_0, hidden..., out_L] (int64) describes
 it; the gradient has the same layout, so weights and gradients travel as one buffer.
 
-A minibatch is cut into row blocks whose number depends on (rows, parameters) only; each
-block runs forward and backward over chunks of its rows and sums its gradient into its own
-float64 row; the rows are added in block order, so the result is bitwise identical for any
-number of threads. Task and activation arrive as integer codes (see ``TASKS``, ``ACTS``).
+The gradient pass (:class:`LossGrad`) runs its matrix products through the BLAS that
+NumPy links (``np.matmul`` into preallocated buffers) and the rest (activations, their
+derivatives, the task head) through small numba kernels: on a 1024-row batch of a
+100-256-256-10 net at one thread, 5.0 ms against 12.3 ms for the hand-written numba loops
+it replaced (which reached 36-54% of NumPy's matrix-product GFLOP/s). Its result is a
+function of the inputs and the BLAS alone: no numba parallelism, and OpenBLAS's GEMM
+splits the output among its threads, never a dot product, so the thread count does not
+change a bit (``tests/unit/test_mlp.py`` runs it at 1 and 2 BLAS threads). Prediction
+stays in numba: rows are independent, cut into blocks for numba's threads. Task and
+activation arrive as integer codes (see ``TASKS``, ``ACTS``).
 """
 
 from __future__ import annotations
@@ -18,15 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from mpisgd.kernels.options import (
-    MAX_ACC_BYTES,
-    MAX_BLOCKS,
-    block_range,
-    fold,
-    njit,
-    pjit,
-    reduce_blocks,
-)
+from mpisgd.kernels.options import MAX_BLOCKS, block_range, njit, pjit
 from mpisgd.kernels.softmax import _softmax
 from mpisgd.models import ACTIVATIONS
 
@@ -35,21 +33,17 @@ ACTS = ACTIVATIONS
 REGRESSION, BINARY, MULTICLASS = 0, 1, 2
 RELU, TANH = 0, 1
 
-# A row costs ~6 P flops here against ~4 d for the convex models, so blocks of 256 rows
-# already dwarf a block's fixed cost (zeroing and folding P numbers) and a 1024-row batch
-# still feeds 4 threads. The count still depends on (rows, P) only, never on threads.
+# Prediction: rows per block (a block's scratch is allocated once) and per chunk (a
+# multiple of 4, the row unrolling of _dense; a 64-row chunk's activations of a 256-wide
+# net take ~64 KiB each and stay in L2).
 MLP_BLOCK_ROWS = 256
-# Rows per chunk (a multiple of 4, the row unrolling): all activations of a 64-row chunk
-# of a 256-wide net take ~64 KiB each and stay in L2 between forward and backward. The
-# chunk's float32 gradient is folded into the float64 block row after every chunk.
 MLP_CHUNK_ROWS = 64
 
 
 @njit
-def _n_blocks(m, p):
-    """Row blocks for ``m`` rows and ``p`` parameters: a function of (m, p) alone."""
-    return max(1, min(MAX_BLOCKS, (m + MLP_BLOCK_ROWS - 1) // MLP_BLOCK_ROWS,
-                      MAX_ACC_BYTES // (8 * p)))
+def _n_blocks(m):
+    """Row blocks of a prediction over ``m`` rows."""
+    return max(1, min(MAX_BLOCKS, (m + MLP_BLOCK_ROWS - 1) // MLP_BLOCK_ROWS))
 
 
 @njit
@@ -77,31 +71,6 @@ def _hidden_off(sizes, l, ch):
     for k in range(l):
         off += ch * sizes[k + 1]
     return off
-
-
-@njit
-def _wt_off(sizes, l):
-    """Offset of layer ``l``'s transposed weights (l >= 1) in the buffer ``WT``."""
-    off = 0
-    for k in range(1, l):
-        off += sizes[k] * sizes[k + 1]
-    return off
-
-
-@njit
-def _transpose_weights(theta, sizes):
-    """W_l^T (in, out) for every l >= 1, in one flat buffer: back-propagation through layer l
-    is then four-row dot products along contiguous rows, like the forward pass, instead
-    of axpys whose stores would bound the speed."""
-    n_layers = sizes.shape[0] - 1
-    WT = np.empty(_wt_off(sizes, n_layers), theta.dtype)
-    for l in range(1, n_layers):
-        W, _ = _layer(theta, sizes, l)
-        T = _rows(WT, _wt_off(sizes, l), sizes[l], sizes[l + 1])
-        for o in range(W.shape[0]):
-            for i in range(W.shape[1]):
-                T[i, o] = W[o, i]
-    return WT
 
 
 @njit
@@ -156,20 +125,6 @@ def _activation_grad(D, H, act):
                 h = H[r, j]
                 g = D[r, j]
                 D[r, j] = g - (g * h) * h  # g * (1 - h^2) without an int 1 promoting to float64
-
-
-@njit
-def _outer(D, A, gW, gb):
-    """gW += D^T A and gb += column sums of D, four rows at a time: one load and store of
-    each gW row per four rows."""
-    n_out, n_in = gW.shape
-    for r in range(0, D.shape[0], 4):
-        for o in range(n_out):
-            d0, d1, d2, d3 = D[r, o], D[r + 1, o], D[r + 2, o], D[r + 3, o]
-            for i in range(n_in):
-                gW[o, i] += ((d0 * A[r, i] + d1 * A[r + 1, i])
-                             + (d2 * A[r + 2, i] + d3 * A[r + 3, i]))
-            gb[o] += (d0 + d1) + (d2 + d3)
 
 
 @njit
@@ -244,77 +199,20 @@ def _head(Z, yf, yi, idx, lo, n, task, zf):
 
 
 @njit
-def _chunk(X, yf, yi, idx, lo, hi, theta, part, sizes, task, act, S):
-    """Add the gradients of rows idx[lo:hi] to ``part`` (X's dtype); return their loss sum."""
-    Xc, H, Zb, D0, D1, zb, zf, WT = S
-    ch = MLP_CHUNK_ROWS
-    n = hi - lo
-    A0 = _gather(X, idx, lo, n, Xc)
-    npad = A0.shape[0]
-    D = _forward(A0, theta, sizes, act, H, Zb, ch)
-    loss = _head(D, yf, yi, idx, lo, n, task, zf)
-    flip = False
-    for l in range(sizes.shape[0] - 2, -1, -1):
-        A = A0 if l == 0 else _rows(H, _hidden_off(sizes, l - 1, ch), npad, sizes[l])
-        gW, gb = _layer(part, sizes, l)
-        _outer(D, A, gW, gb)
-        if l > 0:  # the input layer needs no delta
-            Dn = _rows(D1 if flip else D0, 0, npad, sizes[l])
-            _dense(D, _rows(WT, _wt_off(sizes, l), sizes[l], sizes[l + 1]), zb, Dn)
-            _activation_grad(Dn, A, act)
-            D = Dn
-            flip = not flip
-    return loss
-
-
-@njit
 def _scratch(d, sizes, dtype_of):
-    """Chunk buffers (X rows, hidden activations, logits, two delta buffers, a zero bias,
-    float64 logits); ``dtype_of`` is any array of the data's dtype."""
+    """Chunk buffers (X rows, hidden activations, logits, float64 logits); ``dtype_of``
+    is any array of the data's dtype."""
     ch = MLP_CHUNK_ROWS
-    widest = sizes[1:].max()
     n_out = sizes[sizes.shape[0] - 1]
     dt = dtype_of.dtype
     return (np.empty(ch * d, dt), np.empty(_hidden_off(sizes, sizes.shape[0] - 2, ch), dt),
-            np.empty(ch * n_out, dt), np.empty(ch * widest, dt), np.empty(ch * widest, dt),
-            np.zeros(widest, dt), np.empty(n_out))
-
-
-@njit
-def _block(X, yf, yi, idx, lo, hi, theta, acc, sizes, task, act):
-    """Add the gradients of rows idx[lo:hi] to ``acc`` (float64) chunk by chunk; return the loss."""
-    part = np.zeros(acc.shape[0], X.dtype)
-    Xc, H, Zb, D0, D1, zb, zf = _scratch(X.shape[1], sizes, X)
-    S = (Xc, H, Zb, D0, D1, zb, zf, _transpose_weights(theta, sizes))
-    loss = 0.0
-    for c in range(lo, hi, MLP_CHUNK_ROWS):
-        loss += _chunk(X, yf, yi, idx, c, min(c + MLP_CHUNK_ROWS, hi), theta, part, sizes,
-                       task, act, S)
-        fold(part, acc)
-    return loss
-
-
-@pjit
-def _loss_grad(X, yf, yi, idx, theta, grad_out, sizes, task, act):
-    """Overwrite ``grad_out`` with the gradient sum over rows ``idx``; return the loss sum.
-
-    ``yf`` (X's dtype) holds regression targets, ``yi`` (int64) labels; the task leaves the
-    other one empty. Two target arguments of fixed types mean one compilation per X dtype
-    instead of two (a parallel kernel of this depth takes ~10 s to compile)."""
-    m = idx.shape[0]
-    nb = _n_blocks(m, theta.shape[0])
-    acc = np.zeros((nb, theta.shape[0]))
-    losses = np.zeros(nb)
-    for k in prange(nb):
-        lo, hi = block_range(m, nb, k)
-        losses[k] = _block(X, yf, yi, idx, lo, hi, theta, acc[k], sizes, task, act)
-    return reduce_blocks(acc, losses, grad_out)
+            np.empty(ch * n_out, dt), np.empty(n_out))
 
 
 @njit
 def _predict_rows(X, lo, hi, theta, sizes, task, act, out):
     """out[i] = prediction of row i for i in [lo, hi): f, P(y=1) or the C probabilities."""
-    Xc, H, Zb, _, _, _, zf = _scratch(X.shape[1], sizes, X)
+    Xc, H, Zb, zf = _scratch(X.shape[1], sizes, X)
     rows = np.arange(lo, hi)
     ch = MLP_CHUNK_ROWS
     for c in range(0, hi - lo, ch):
@@ -339,10 +237,101 @@ def _predict_rows(X, lo, hi, theta, sizes, task, act, out):
 def _predict(X, theta, sizes, task, act, out):
     """out (n, out_L) = predictions; rows are independent, blocks only amortise the scratch."""
     n = X.shape[0]
-    nb = _n_blocks(n, 1)
+    nb = _n_blocks(n)
     for k in prange(nb):
         lo, hi = block_range(n, nb, k)
         _predict_rows(X, lo, hi, theta, sizes, task, act, out)
+
+
+def layer_views(v: np.ndarray, sizes) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(W_l (out, in), b_l (out)) for each layer]: views of a flat vector in the layout
+    above (parameters or gradient)."""
+    views, off = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        end = off + n_out * n_in
+        views.append((v[off:end].reshape(n_out, n_in), v[end:end + n_out]))
+        off = end + n_out
+    return views
+
+
+# Rows per block of the weight gradients' products: OpenBLAS may split a product's
+# inner dimension among its threads when that dimension is long and the output small
+# (measured: D^T A over 3,000 rows into 96 x 64 changes bits between 1 and 2 threads),
+# so the sum over rows is cut into blocks of this many rows, each its own product, added
+# in block order. The count depends on the batch's rows alone.
+MLP_GRAD_BLOCK = 256
+
+
+class LossGrad:
+    """The loss and gradient sum of an MLP over rows ``idx`` of X, for one (sizes, task,
+    activation): ``self(X, yf, yi, idx, theta, grad_out)`` overwrites ``grad_out``.
+
+    ``yf`` (X's dtype) holds regression targets, ``yi`` (int64) labels; the task leaves
+    the other one empty. Inputs are checked by the caller (``kernels.spec_loss_grad``).
+    Forward: H_l = act(A_(l-1) W_l^T + b_l); backward from D = dloss/dlogits: gW_l = D^T
+    A_(l-1) (block by block, see ``MLP_GRAD_BLOCK``), gb_l = column sums of D, D <- (D
+    W_l) * act'(H_(l-1)). The batch is padded with zero rows to whole blocks: their
+    deltas are zero (``_head`` zeroes the padding rows), so they add exactly nothing. The
+    buffers are kept from call to call (grown to the largest batch seen): a step
+    allocates nothing.
+    """
+
+    def __init__(self, sizes, task: int, act: int):
+        self.sizes = [int(s) for s in sizes]
+        self.task, self.act, self.rows, self.dtype = task, act, 0, None
+        self.zf = np.empty(self.sizes[-1])   # one row's logits in float64, for _head
+
+    def _buffers(self, rows: int, dtype) -> None:
+        if rows <= self.rows and dtype == self.dtype:
+            return
+        s = self.sizes
+        self.A0 = np.zeros((rows, s[0]), dtype)
+        self.H = [np.empty((rows, w), dtype) for w in s[1:-1]]
+        self.Z = np.empty((rows, s[-1]), dtype)
+        self.D = [np.empty(rows * max(s[1:-1]), dtype) for _ in range(2)]
+        blocks = rows // MLP_GRAD_BLOCK
+        self.G = np.empty(blocks * max(o * i for i, o in zip(s[:-1], s[1:])), dtype)
+        self.rows, self.dtype = rows, dtype
+
+    def __call__(self, X, yf, yi, idx, theta, grad_out) -> float:
+        m, sizes = idx.shape[0], self.sizes
+        if m == 0:
+            grad_out[:] = 0
+            return 0.0
+        B = MLP_GRAD_BLOCK
+        rows = -(-m // B) * B
+        self._buffers(rows, X.dtype)
+        weights, grads = layer_views(theta, sizes), layer_views(grad_out, sizes)
+        A0 = self.A0[:rows]
+        np.take(X, idx, axis=0, out=A0[:m])
+        A0[m:] = 0
+        acts = [A0]
+        for l, (W, b) in enumerate(weights[:-1]):
+            H = np.matmul(acts[-1], W.T, out=self.H[l][:rows])
+            H += b
+            _activate(H, self.act)
+            acts.append(H)
+        W, b = weights[-1]
+        D = np.matmul(acts[-1], W.T, out=self.Z[:rows])
+        D += b
+        loss = _head(D, yf, yi, idx, 0, m, self.task, self.zf)
+        for l in range(len(weights) - 1, -1, -1):
+            self._weight_grad(D, acts[l], *grads[l])
+            if l:   # the input layer needs no delta
+                Dn = self.D[l % 2][:rows * sizes[l]].reshape(rows, sizes[l])
+                np.matmul(D, weights[l][0], out=Dn)
+                _activation_grad(Dn, acts[l], self.act)
+                D = Dn
+        return float(loss)
+
+    def _weight_grad(self, D, A, gW, gb) -> None:
+        """gW = D^T A as a sum of per-block products in block order; gb = column sums of D."""
+        B = MLP_GRAD_BLOCK
+        nb, (o, i) = D.shape[0] // B, gW.shape
+        parts = self.G[:nb * o * i].reshape(nb, o, i)
+        np.matmul(D.reshape(nb, B, o).transpose(0, 2, 1), A.reshape(nb, B, i), out=parts)
+        np.sum(parts, axis=0, out=gW)
+        np.sum(D, axis=0, out=gb)
 
 
 def init_weights(sizes, act: int, dtype, rng: np.random.Generator) -> np.ndarray:

@@ -25,6 +25,7 @@ from mpisgd.kernels import (
     spec_n_params,
     spec_predict,
 )
+from mpisgd.kernels.finish import finish_mean
 from mpisgd.kernels.merge import merge_runs
 from mpisgd.kernels.schedule import epoch_schedule
 
@@ -52,6 +53,7 @@ def warm(dtypes=DTYPES, models=SPEC_MODELS) -> list[str]:
             grad = np.empty(spec_n_params(spec), dtype=dtype)
             spec_loss_grad(spec, X, y, np.arange(4, dtype=np.int64), theta, grad)
             spec_predict(spec, X, theta)
+            finish_mean(grad, 4.0, theta, 0.1, np.ones(grad.size, dtype=bool))
             done.append(f"{model}/{name}")
     # the step schedule: one signature, whatever the model
     epoch_schedule(8, 0, 0, True, 2, 4, 3)

@@ -178,10 +178,8 @@ class SyncRunner(Runner):
         lo, hi = self.params.lo, self.params.hi
         if not np.isfinite(mean):
             raise diverged(step, lr)
-        mine = self.reduced[lo:hi]
-        finish_gradient(mine, count, self.theta[lo:hi], self.cfg.model.l2,
-                        self.ctx.l2_mask[lo:hi])
-        ok = bool(np.isfinite(mine).all())
+        ok = finish_gradient(self.reduced[lo:hi], count, self.theta[lo:hi],
+                             self.cfg.model.l2, self.ctx.l2_mask[lo:hi])
         if not self.params.update(self.reduced, lr, self.cfg.model.l1, ok):
             raise diverged(step, lr)
 

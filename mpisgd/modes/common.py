@@ -18,6 +18,7 @@ from mpisgd.context import Context
 from mpisgd.data.chunks import chunk_table, chunks_per_step
 from mpisgd.data.partition import steps_per_epoch
 from mpisgd.errors import MpisgdError, TrainingError
+from mpisgd.kernels.finish import finish_mean
 from mpisgd.kernels.schedule import EpochSchedule
 from mpisgd.runtime.log import say
 from mpisgd.store import checkpoint
@@ -74,15 +75,14 @@ def gradient_codec(ctx: Context, n: int):
 
 
 def finish_gradient(grad: np.ndarray, count: float, theta: np.ndarray, l2: float,
-                    mask: np.ndarray) -> None:
-    """Sum over rows -> mean, plus the L2 term on weights; in place.
+                    mask: np.ndarray) -> bool:
+    """Sum over rows -> mean, plus the L2 term on weights; in place, in one compiled pass
+    (:func:`mpisgd.kernels.finish.finish_mean`). Returns whether it is all finite.
 
     ``grad``, ``theta`` and ``mask`` may be the same contiguous slice of the full vectors
     (a parameter server's key range): the rule is elementwise, so sharding is exact.
     """
-    grad *= grad.dtype.type(1.0) / grad.dtype.type(count)
-    if l2:
-        grad[mask] += grad.dtype.type(l2) * theta[mask]
+    return finish_mean(grad, count, theta, l2, mask)
 
 
 def check_finite(loss: float, grad: np.ndarray, step: int, lr: float, *,

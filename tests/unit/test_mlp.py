@@ -180,6 +180,41 @@ def test_bitwise_identical_across_thread_counts(dtype, by_thread_count):
     assert results[1][0] == results[1][1] == results[2][0]
 
 
+_BLAS_SCRIPT = """
+import hashlib, sys
+import numpy as np
+import mpisgd.kernels as K
+sys.path.insert(0, {tests!r})
+from test_mlp import make_problem
+for dtype in (np.float32, np.float64):
+    spec, X, y, theta = make_problem("multiclass", dtype, (96, 64), "relu", n=5000, d=40)
+    idx = np.random.default_rng(2).integers(0, len(X), 3000)
+    grad = np.empty_like(theta)
+    loss = K.spec_loss_grad(spec, X, y, idx, theta, grad)
+    print(repr(loss), hashlib.sha1(grad.tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_bitwise_identical_across_blas_thread_counts(threads):
+    """The training pass's matrix products go through NumPy's BLAS, whose thread count
+    mpisgd sets per rank: the gradient must not change a bit with it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mpisgd.runtime.launch_env import BLAS_THREAD_VARS
+
+    script = _BLAS_SCRIPT.format(tests=str(Path(__file__).parent))
+    out = {}
+    for n in ("1", threads):
+        env = {**os.environ, **{v: n for v in BLAS_THREAD_VARS}}
+        out[n] = subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                capture_output=True, text=True, timeout=120).stdout
+    assert out["1"] == out[threads] and out["1"].count("\n") == 2, out
+
+
 # ----------------------------------------------------------------------------- predict
 @pytest.mark.parametrize("task", HEADS)
 @pytest.mark.parametrize("dtype", DTYPES)
