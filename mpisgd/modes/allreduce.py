@@ -11,6 +11,7 @@ both strategies share the step loop of :mod:`mpisgd.modes.runner`.
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import nullcontext
 
@@ -22,7 +23,7 @@ from mpisgd.comm.reduce import Reducer, make_reducer
 from mpisgd.comm.watchdog import StepWatchdog
 from mpisgd.context import Context
 from mpisgd.modes.batches import Batches, make_batches
-from mpisgd.modes.common import check_finite, diverged, finish_gradient, gradient_codec, make_plan
+from mpisgd.modes.common import diverged, finish_gradient, gradient_codec, make_plan
 from mpisgd.modes.localsgd import Averager, LocalSGDRunner
 from mpisgd.modes.nodeparams import NodeParams
 from mpisgd.modes.runner import LOSS, ROWS, TAIL, Exchanged, Runner
@@ -159,10 +160,11 @@ class SyncRunner(Runner):
             grad = self.whole
             if grad is not self.reduced:
                 np.copyto(grad, self.reduced)
-            self.finish(grad, count)   # the reduced gradient is the same everywhere
+            finite = self.finish(grad, count)   # the reduced gradient is the same everywhere
             # The reduced buffer is the same on every rank and NaN/Inf survive any
             # summation order, so every rank raises here together: no hang.
-            check_finite(mean, grad, step, lr)
+            if not (finite and math.isfinite(mean)):
+                raise diverged(step, lr)
             if self.params.shared:
                 # finish() read every slice of the node's parameters (the L2 term): all
                 # ranks must be done with that before any rank updates its slice.
@@ -176,7 +178,7 @@ class SyncRunner(Runner):
         raises together when any slice had a NaN or Inf (the same sum on every node, so
         the same answer on every node)."""
         lo, hi = self.params.lo, self.params.hi
-        if not np.isfinite(mean):
+        if not math.isfinite(mean):
             raise diverged(step, lr)
         ok = finish_gradient(self.reduced[lo:hi], count, self.theta[lo:hi],
                              self.cfg.model.l2, self.ctx.l2_mask[lo:hi])

@@ -18,6 +18,7 @@ on every rank.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -116,12 +117,17 @@ class Runner:
         tail[TIME_VOTE] = self.saver.time_due()
         tail[STOP] = signals.requested()
 
-    def finish(self, grad: np.ndarray, count: float) -> None:
-        """``grad``, a sum over ``count`` rows -> the mean with its L2 term, clipped."""
+    def finish(self, grad: np.ndarray, count: float) -> bool:
+        """``grad``, a sum over ``count`` rows -> the mean with its L2 term, clipped.
+        Returns whether it is all finite."""
         cfg = self.cfg
-        finish_gradient(grad, count, self.theta, cfg.model.l2, self.ctx.l2_mask)
+        finite = finish_gradient(grad, count, self.theta, cfg.model.l2, self.ctx.l2_mask)
         if cfg.optimizer.clip_norm:
-            grad *= self.ctx.dtype.type(clip_factor(sq_norm(grad), cfg.optimizer.clip_norm))
+            # A squared norm that overflows gives a NaN factor, and a NaN gradient.
+            factor = clip_factor(sq_norm(grad), cfg.optimizer.clip_norm)
+            grad *= self.ctx.dtype.type(factor)
+            finite = finite and math.isfinite(factor)
+        return finite
 
     def run(self) -> dict:
         """The loop; returns the run statistics (see :meth:`stats`). Raises Interrupted
