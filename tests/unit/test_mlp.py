@@ -6,12 +6,18 @@ arranged so that float64 and float32 loss_grad and predict are all they need.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numba
 import numpy as np
 import pytest
 
 import mpisgd.kernels as K
 from mpisgd.errors import ConfigError, DataError
+from mpisgd.runtime.launch_env import BLAS_THREAD_VARS
 
 DTYPES = (np.float32, np.float64)
 RTOL = {np.float32: 1e-4, np.float64: 1e-10}
@@ -199,13 +205,6 @@ for dtype in (np.float32, np.float64):
 def test_bitwise_identical_across_blas_thread_counts(threads):
     """The training pass's matrix products go through NumPy's BLAS, whose thread count
     mpisgd sets per rank: the gradient must not change a bit with it."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from mpisgd.runtime.launch_env import BLAS_THREAD_VARS
-
     script = _BLAS_SCRIPT.format(tests=str(Path(__file__).parent))
     out = {}
     for n in ("1", threads):
