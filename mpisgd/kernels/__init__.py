@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 
 import numpy as np
 
@@ -212,6 +213,20 @@ def predict(model: str, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
 _NO_LABELS = np.empty(0, dtype=np.int64)
 
 
+# Unbound calls (the training objective, the per-chunk gradients of balanced reads) reuse
+# one mlp LossGrad, and its buffers, per model and thread: one per call would allocate
+# its activations every step.
+_MLP_KERNELS = threading.local()
+
+
+def _mlp_kernel(spec) -> mlp.LossGrad:
+    kernels = _MLP_KERNELS.__dict__
+    key = (spec.sizes, spec.task, spec.activation)
+    if key not in kernels:
+        kernels[key] = mlp.LossGrad(*_mlp_codes(spec))
+    return kernels[key]
+
+
 def _mlp_codes(spec):
     """(sizes as int64, task code, activation code): the kernels see integers, not strings."""
     return (np.array(spec.sizes, dtype=np.int64), TASKS.index(spec.task),
@@ -265,7 +280,7 @@ def spec_loss_grad(
     if spec.name != "mlp":
         return float(_LOSS_GRAD[spec.name](X, y, idx, theta, grad_out))
     yf, yi = (y, _NO_LABELS) if regression else (np.empty(0, X.dtype), y)
-    return mlp.LossGrad(*_mlp_codes(spec))(X, yf, yi, idx, theta, grad_out)
+    return _mlp_kernel(spec)(X, yf, yi, idx, theta, grad_out)
 
 
 class BoundLossGrad:

@@ -260,6 +260,10 @@ def layer_views(v: np.ndarray, sizes) -> list[tuple[np.ndarray, np.ndarray]]:
 # so the sum over rows is cut into blocks of this many rows, each its own product, added
 # in block order. The count depends on the batch's rows alone.
 MLP_GRAD_BLOCK = 256
+# Rows per pass (a multiple of MLP_GRAD_BLOCK): a longer batch (the training objective
+# over every row) runs in pieces of this many rows, so the kept buffers stay bounded
+# (about 35 MB for a 100-256-256-10 net in float32) whatever the batch.
+MLP_MAX_ROWS = 32 * MLP_GRAD_BLOCK
 
 
 class LossGrad:
@@ -272,8 +276,8 @@ class LossGrad:
     A_(l-1) (block by block, see ``MLP_GRAD_BLOCK``), gb_l = column sums of D, D <- (D
     W_l) * act'(H_(l-1)). The batch is padded with zero rows to whole blocks: their
     deltas are zero (``_head`` zeroes the padding rows), so they add exactly nothing. The
-    buffers are kept from call to call (grown to the largest batch seen): a step
-    allocates nothing.
+    buffers are kept from call to call (grown to the largest piece seen, at most
+    ``MLP_MAX_ROWS`` rows): a step allocates nothing. Not for concurrent calls.
     """
 
     def __init__(self, sizes, task: int, act: int):
@@ -294,10 +298,21 @@ class LossGrad:
         self.rows, self.dtype = rows, dtype
 
     def __call__(self, X, yf, yi, idx, theta, grad_out) -> float:
-        m, sizes = idx.shape[0], self.sizes
+        m = idx.shape[0]
         if m == 0:
             grad_out[:] = 0
             return 0.0
+        loss = self._piece(X, yf, yi, idx[:MLP_MAX_ROWS], theta, grad_out)
+        if m > MLP_MAX_ROWS:   # the later pieces' gradients added in piece order
+            part = np.empty_like(grad_out)
+            for lo in range(MLP_MAX_ROWS, m, MLP_MAX_ROWS):
+                loss += self._piece(X, yf, yi, idx[lo:lo + MLP_MAX_ROWS], theta, part)
+                grad_out += part
+        return loss
+
+    def _piece(self, X, yf, yi, idx, theta, grad_out) -> float:
+        """:meth:`__call__` for at most ``MLP_MAX_ROWS`` rows."""
+        m, sizes = idx.shape[0], self.sizes
         B = MLP_GRAD_BLOCK
         rows = -(-m // B) * B
         self._buffers(rows, X.dtype)

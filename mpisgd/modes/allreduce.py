@@ -165,7 +165,7 @@ class SyncRunner(Runner):
             # summation order, so every rank raises here together: no hang.
             if not (finite and math.isfinite(mean)):
                 raise diverged(step, lr)
-            if self.params.shared:
+            if self.params.shared and cfg.model.l2:
                 # finish() read every slice of the node's parameters (the L2 term): all
                 # ranks must be done with that before any rank updates its slice.
                 self.params.sync()

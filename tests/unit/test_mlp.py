@@ -17,6 +17,7 @@ import pytest
 
 import mpisgd.kernels as K
 from mpisgd.errors import ConfigError, DataError
+from mpisgd.kernels import mlp
 from mpisgd.runtime.launch_env import BLAS_THREAD_VARS
 
 DTYPES = (np.float32, np.float64)
@@ -190,6 +191,7 @@ _BLAS_SCRIPT = """
 import hashlib, sys
 import numpy as np
 import mpisgd.kernels as K
+from mpisgd.kernels import mlp
 sys.path.insert(0, {tests!r})
 from test_mlp import make_problem
 for dtype in (np.float32, np.float64):
@@ -369,3 +371,19 @@ def test_digits_end_to_end_against_sklearn():
     message = f"digits test accuracy: mpisgd mlp {ours:.4f}, sklearn MLPClassifier {theirs:.4f}"
     print(message)
     assert ours >= 0.95, message
+
+
+def test_a_batch_longer_than_one_pass_runs_in_pieces(monkeypatch):
+    """The training objective takes every row at once: it runs in pieces of
+    MLP_MAX_ROWS rows with bounded buffers, and gives the reference loss and gradient."""
+    monkeypatch.setattr(mlp, "MLP_MAX_ROWS", 2 * mlp.MLP_GRAD_BLOCK)
+    spec, X, y, theta = make_problem("multiclass", np.float64, n=1500)
+    idx = np.arange(1500)
+    fresh = mlp.LossGrad(*K._mlp_codes(spec))
+    grad = np.empty_like(theta)
+    loss = fresh(X, np.empty(0), y, idx, theta, grad)
+    ref_loss, ref_grad = ref_loss_grad(spec, X, y, idx, theta)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-10)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-9, atol=1e-12)
+    assert fresh.rows == 2 * mlp.MLP_GRAD_BLOCK   # buffers for one piece, not 1,500 rows
+    np.testing.assert_array_equal(run(spec, X, y, idx, theta)[1], grad)
